@@ -1,0 +1,167 @@
+"""Train and localize jobs: a model package from labelled shards; per-cell calls for every shard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, write_parquet, write_text
+from ..classes import load_classes
+from ..crops_store import read_crops
+from .common import log, write_receipt
+
+
+def _training_set(cells_paths: list[str], crops_paths: list[str], *, splits: list[str]):
+    crops_all, masks_all, labels_all, groups_all = [], [], [], []
+    channels = um_per_px = None
+    for cells_path, crops_path in zip(sorted(cells_paths), sorted(crops_paths), strict=True):
+        cells = pd.read_parquet(cells_path)
+        if cells.empty:
+            continue
+        crops, masks, attrs = read_crops(crops_path)
+        labels = cells["labels"].fillna("").astype(str)
+        keep = (labels != "") & cells["split"].fillna("").astype(str).isin(splits)
+        keep &= cells["qc_pass"].astype(bool)
+        if not keep.any():
+            continue
+        if channels is not None and list(attrs["channels"]) != channels:
+            raise ValueError(
+                f"{crops_path}: channels {attrs['channels']} differ from {channels} in other shards"
+            )
+        channels, um_per_px = list(attrs["channels"]), float(attrs["um_per_px"])
+        idx = np.flatnonzero(keep.to_numpy())
+        crops_all.append(crops[idx])
+        masks_all.append(masks[idx])
+        labels_all.extend(labels.iloc[idx])
+        groups_all.extend(cells["protein"].astype(str).iloc[idx])
+    if not crops_all:
+        raise SystemExit(
+            f"train: no labelled cells with split in {splits} in {len(cells_paths)} shards"
+        )
+    return (
+        np.concatenate(crops_all),
+        np.concatenate(masks_all),
+        labels_all,
+        np.asarray(groups_all),
+        channels,
+        um_per_px,
+    )
+
+
+def run_train(
+    cells_paths: list[str], crops_paths: list[str], out_dir: str, *, params: dict, threads: int = 1
+) -> None:
+    import torch
+
+    from ..localize import (
+        parse_labels,
+        save_model_package,
+        train_model,
+        write_training_report,
+    )
+
+    torch.set_num_threads(max(1, threads))
+    classes = load_classes(params.get("classes"))
+    train_params = dict(params.get("train") or {})
+    splits = list(train_params.pop("splits", ["train"]))
+    crops, masks, labels, groups, channels, um_per_px = _training_set(
+        cells_paths, crops_paths, splits=splits
+    )
+    y = parse_labels(labels, n_classes=len(classes))
+    log.info("train: %d cells of %d proteins", len(crops), len(set(groups)))
+    model, result = train_model(
+        crops,
+        masks,
+        y,
+        groups,
+        channels=channels,
+        classes=classes,
+        pixel_size_um=um_per_px,
+        params=train_params,
+        device=params.get("device", "auto"),
+    )
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        spec = {
+            "classes": list(classes.names),
+            "class_slugs": list(classes.slugs),
+            "channels": channels,
+            "um_per_px": um_per_px,
+            "crop_size_px": int(crops.shape[-1]),
+            "thresholds": result.get("thresholds"),
+            "trained_on": {"cells": int(len(crops)), "proteins": sorted(set(map(str, groups)))},
+        }
+        save_model_package(model, tmp / "package", spec=spec)
+        write_training_report(result["history"], result.get("evaluation", result), tmp / "report")
+    log.info("train: model package in %s", out / "package")
+
+
+def resolve_model(params: dict, trained_dir: str | None) -> str:
+    """The model package to use: a user's local package (``localize.model``) or the trained one."""
+    if params.get("model"):
+        return str(params["model"])
+    if trained_dir is None:
+        raise SystemExit("localize: no model: set localize.model or enable localize.train")
+    return str(Path(trained_dir) / "package")
+
+
+def run_localize(
+    cells_path: str,
+    crops_path: str,
+    model_path: str,
+    out: str,
+    embeddings_out: str,
+    *,
+    params: dict,
+    threads: int = 1,
+) -> None:
+    import torch
+
+    from ..localize import label_free_scores, load_model_package, predict
+
+    torch.set_num_threads(max(1, threads))
+    model, spec = load_model_package(model_path)
+    cells = pd.read_parquet(cells_path)
+    crops, masks, attrs = read_crops(crops_path)
+    slugs = spec.get("class_slugs") or list(load_classes(params.get("classes")).slugs)
+    table = cells[["field_id", "cell_id"]].copy()
+    if len(cells):
+        probs, emb = predict(
+            model,
+            crops,
+            masks,
+            spec=spec,
+            channels=list(attrs["channels"]),
+            batch_size=int(params.get("batch_size", 256)),
+            device=params.get("device", "auto"),
+            crop_um_per_px=float(attrs["um_per_px"]),
+        )
+        lf = label_free_scores(crops, masks, channels=list(attrs["channels"]))
+    else:
+        probs = np.zeros((0, len(slugs)), np.float32)
+        emb = np.zeros((0, int(spec.get("embedding_dim", 64))), np.float32)
+        lf = pd.DataFrame()
+    for j, slug in enumerate(slugs):
+        table[f"p_{slug}"] = probs[:, j].astype(np.float32)
+    for col in lf.columns:
+        table[col if col.startswith("lf_") else f"lf_{col}"] = lf[col].to_numpy()
+    table["model_id"] = spec.get("sha256", "unknown")[:16]
+    with atomic_path(embeddings_out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb.astype(np.float32))
+    write_parquet(table, out)
+    log.info(
+        "localize: %d cells with model %s",
+        len(table),
+        table["model_id"].iloc[0] if len(table) else "-",
+    )
+
+
+def write_model_receipt(model_dir: str, out: str) -> None:
+    write_text(Path(model_dir).as_posix() + "\n", out)
+
+
+__all__ = ["resolve_model", "run_localize", "run_train", "write_receipt"]

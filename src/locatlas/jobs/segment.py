@@ -1,0 +1,131 @@
+"""Segment job: nuclei + cells per field, per-cell table, crops, labels into the OME-Zarr field."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_parquet
+from ..crops_store import write_crops
+from ..parallel import map_ordered
+from .common import log, read_manifest, write_receipt
+
+#: Manifest columns copied onto every cell row.
+CELL_METADATA = [
+    "field_id",
+    "view_id",
+    "plate",
+    "well",
+    "field",
+    "timepoint",
+    "protein",
+    "cell_line",
+    "split",
+    "labels",
+]
+
+
+def _segment_view(view: pd.DataFrame, *, image_name: str | None, params: dict):
+    from ..omezarr import read_field_image, write_labels
+    from ..segment import extract_crops, measure_cells, segment_field
+
+    path = view["zarr_path"].iloc[0]
+    image, meta = read_field_image(path, name=image_name)
+    roles = list(meta["channel_roles"])
+    pixel = float(meta["pixel_size_um"])
+    nuclei_t, cells_t, tables, crops, masks, qc_rows = [], [], [], [], [], []
+    seg_params = {k: v for k, v in params.items() if k not in ("crop_size_um", "crop_size_px")}
+    for rec in view.sort_values("timepoint").to_dict("records"):
+        t = int(rec["timepoint"])
+        # z-stacks are segmented on their maximum projection (after clearing, the haze
+        # that would dominate a raw projection is gone).
+        plane = image[t].max(axis=1)
+        nuclei, cells, qc = segment_field(
+            plane, roles=roles, pixel_size_um=pixel, params=seg_params
+        )
+        table = measure_cells(plane, nuclei, cells, roles=roles, pixel_size_um=pixel)
+        c, m = extract_crops(
+            plane,
+            cells,
+            nuclei,
+            pixel_size_um=pixel,
+            size_um=float(params.get("crop_size_um", 40.0)),
+            size_px=int(params.get("crop_size_px", 64)),
+            cell_ids=table["cell_id"].to_numpy(),
+        )
+        for col in CELL_METADATA:
+            table.insert(min(len(table.columns), CELL_METADATA.index(col)), col, rec.get(col, ""))
+        flags = list(qc.get("flags", []))
+        table["qc_pass"] = ~table["edge"].astype(bool) & (len(flags) == 0)
+        tables.append(table)
+        crops.append(c)
+        masks.append(m)
+        nuclei_t.append(nuclei)
+        cells_t.append(cells)
+        qc_rows.append(
+            {
+                "field_id": rec["field_id"],
+                "n_nuclei": int(qc.get("n_nuclei", nuclei.max())),
+                "n_cells": int(qc.get("n_cells", len(table))),
+                "flags": ";".join(map(str, flags)),
+            }
+        )
+    write_labels(path, "nuclei", np.stack(nuclei_t)[:, None])
+    write_labels(path, "cells", np.stack(cells_t)[:, None])
+    return tables, crops, masks, qc_rows, roles
+
+
+def run_segment(
+    clear_receipt: str,
+    shard_manifest: str,
+    cells_out: str,
+    crops_out: str,
+    receipt: str,
+    *,
+    params: dict,
+    threads: int = 1,
+) -> None:
+    fields = pd.read_parquet(clear_receipt)
+    manifest = read_manifest(shard_manifest)
+    meta_cols = [c for c in CELL_METADATA if c in manifest.columns and c != "field_id"]
+    fields = fields[["field_id", "zarr_path", "image"]].merge(
+        manifest[["field_id", *meta_cols]], on="field_id", how="left"
+    )
+    image_name = "cleared" if (fields["image"] == "cleared").any() else None
+    groups = [g for _, g in fields.groupby("view_id", sort=True)]
+    results = map_ordered(
+        partial(_segment_view, image_name=image_name, params=params), groups, workers=threads
+    )
+    tables = [t for r in results for t in r[0]]
+    crops = [c for r in results for c in r[1]]
+    masks = [m for r in results for m in r[2]]
+    qc = [q for r in results for q in r[3]]
+    size_px = int(params.get("crop_size_px", 64))
+    if tables:
+        cells = pd.concat(tables, ignore_index=True)
+        crop_arr = np.concatenate(crops) if crops else np.zeros((0, 1, size_px, size_px), "f2")
+        mask_arr = np.concatenate(masks) if masks else np.zeros((0, 2, size_px, size_px), "u1")
+    else:
+        cells = pd.DataFrame(columns=[*CELL_METADATA, "cell_id", "qc_pass"])
+        crop_arr = np.zeros((0, 1, size_px, size_px), np.float16)
+        mask_arr = np.zeros((0, 2, size_px, size_px), np.uint8)
+    order = np.lexsort((cells["cell_id"].to_numpy(), cells["field_id"].to_numpy()))
+    cells = cells.iloc[order].reset_index(drop=True)
+    crop_arr, mask_arr = crop_arr[order], mask_arr[order]
+    channels = list(results[0][4]) if results else []
+    write_crops(
+        crops_out,
+        crop_arr,
+        mask_arr,
+        attrs={
+            "channels": channels,
+            "size_um": float(params.get("crop_size_um", 40.0)),
+            "size_px": size_px,
+            "um_per_px": float(params.get("crop_size_um", 40.0)) / size_px,
+        },
+    )
+    write_parquet(cells, cells_out)
+    log.info("segment: %d fields, %d cells", len(qc), len(cells))
+    write_receipt(pd.DataFrame(qc).sort_values("field_id"), receipt, params=params)

@@ -1,0 +1,82 @@
+"""Parallelism inside one shard job: threads, processes or a dask ``distributed`` cluster.
+
+Results come back in input order whatever the backend, so a shard's outputs do not
+depend on scheduling. Memory is bounded by running at most ``workers`` fields at once
+(and, with ``distributed``, by the per-worker memory limit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BACKENDS = ("serial", "threads", "processes", "distributed")
+
+
+def default_backend() -> str:
+    """The backend named by ``LOCATLAS_BACKEND`` (a site setting), else threads."""
+    backend = os.environ.get("LOCATLAS_BACKEND", "threads")
+    if backend not in BACKENDS:
+        raise ValueError(f"LOCATLAS_BACKEND={backend!r}: expected one of {BACKENDS}")
+    return backend
+
+
+def map_ordered(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int = 1,
+    backend: str | None = None,
+    memory_limit: str | None = None,
+) -> list[R]:
+    """Apply ``fn`` to every item, ``workers`` at a time; results in input order.
+
+    Parameters
+    ----------
+    fn : callable
+        Must be picklable for the ``processes`` and ``distributed`` backends.
+    workers : int
+        Concurrent items. 1 runs serially in this process.
+    backend : {"serial", "threads", "processes", "distributed"}, optional
+        Default from ``LOCATLAS_BACKEND`` (threads).
+    memory_limit : str, optional
+        Per-worker memory limit for ``distributed`` (e.g. "4GB"); a worker that
+        exceeds it is restarted by dask and its task retried.
+    """
+    items: Sequence[T] = list(items)
+    backend = backend or default_backend()
+    if workers <= 1 or len(items) <= 1 or backend == "serial":
+        return [fn(item) for item in items]
+    if backend == "threads":
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+    if backend == "processes":
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+    if backend == "distributed":
+        return _map_distributed(fn, items, workers=workers, memory_limit=memory_limit)
+    raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+
+
+def _map_distributed(
+    fn: Callable[[Any], Any], items: Sequence[Any], *, workers: int, memory_limit: str | None
+) -> list[Any]:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        futures = client.map(fn, items, pure=False)
+        return client.gather(futures)

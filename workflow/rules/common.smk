@@ -1,0 +1,171 @@
+# Shared helpers: where things are, which shards and plates exist, stage parameters.
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = "results"
+SIM_DIR = f"{RESULTS}/simulated"
+MANIFEST_DIR = f"{RESULTS}/manifest"
+ZARR_ROOT = f"{RESULTS}/zarr"
+
+
+wildcard_constraints:
+    shard=r"[A-Za-z0-9.\-]+-\d{5}",
+    plate=r"[A-Za-z0-9.\-]+",
+
+
+def samples_path():
+    if config["input"]["simulate"]:
+        return f"{SIM_DIR}/samplesheet.csv"
+    if not config["input"]["samples"]:
+        raise ValueError(
+            "config key 'input.samples': set a sample sheet or folder, or input.simulate"
+        )
+    return config["input"]["samples"]
+
+
+def truth_dir():
+    if config["input"]["truth"]:
+        return config["input"]["truth"]
+    if config["input"]["simulate"]:
+        return f"{SIM_DIR}/truth"
+    return None
+
+
+def params_json(*keys):
+    """The config section(s) a rule passes to the CLI, as one JSON object."""
+    section = config
+    for key in keys:
+        section = section[key]
+    return json.dumps(section, sort_keys=True)
+
+
+@lru_cache(maxsize=4)
+def _shard_table(path, mtime):
+    return pd.read_csv(path, sep="\t", dtype={"shard": str, "plate": str})
+
+
+def shard_table():
+    """The shard list written by the ingest checkpoint (read once per DAG evaluation)."""
+    path = checkpoints.ingest.get().output.shards
+    return _shard_table(path, Path(path).stat().st_mtime)
+
+
+def shards():
+    return list(shard_table()["shard"])
+
+
+def plates():
+    return sorted(shard_table()["plate"].unique())
+
+
+def shards_of_plate(plate):
+    t = shard_table()
+    return list(t.loc[t["plate"] == plate, "shard"])
+
+
+def training_shards():
+    t = shard_table()
+    return list(t.loc[t["n_train"] > 0, "shard"])
+
+
+def shard_manifest(wildcards):
+    return f"{MANIFEST_DIR}/shards/{wildcards.shard}.parquet"
+
+
+def plate_of(wildcards):
+    t = shard_table()
+    return t.loc[t["shard"] == wildcards.shard, "plate"].iloc[0]
+
+
+def shard_fields(wildcards):
+    t = shard_table()
+    return int(t.loc[t["shard"] == wildcards.shard, "n_fields"].iloc[0])
+
+
+def shard_mpx(wildcards):
+    """Megapixels of the shard's largest field (all channels, planes, time points)."""
+    t = shard_table()
+    row = t.loc[t["shard"] == wildcards.shard].iloc[0]
+    return float(row.get("max_field_mpx", 16.0))
+
+
+def mem_mb_for(per_mpx_mb, base_mb):
+    """Memory predicted from the largest field: stages hold a few copies of one field
+    per thread, so memory scales with field size, not with shard size."""
+
+    def mem(wildcards, threads):
+        return int(base_mb + per_mpx_mb * shard_mpx(wildcards) * max(1, threads))
+
+    return mem
+
+
+def runtime_for(seconds_per_mpx, base_min=2):
+    """Minutes predicted from the shard's fields and field size (with a 3x margin)."""
+
+    def runtime(wildcards, threads):
+        work = shard_fields(wildcards) * shard_mpx(wildcards) * seconds_per_mpx
+        return int(base_min + math.ceil(3 * work / 60 / max(1, threads)))
+
+    return runtime
+
+
+def clear_example_inputs():
+    example = config["clear"].get("example_stack")
+    if (
+        example
+        and Path(example).exists()
+        and Path(example).with_suffix(".psf.json").exists()
+    ):
+        return {"image": example, "psf": str(Path(example).with_suffix(".psf.json"))}
+    return {}
+
+
+def atlas_targets():
+    return [
+        f"{RESULTS}/atlas/cells.h5ad",
+        f"{RESULTS}/atlas/proteins.parquet",
+        f"{RESULTS}/atlas/report.html",
+    ]
+
+
+def config_digest():
+    import hashlib
+
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_package():
+    """A user's local model package, or the one the train rule makes."""
+    if config["localize"].get("model"):
+        return config["localize"]["model"]
+    return f"{RESULTS}/model/package"
+
+
+def per_shard(pattern):
+    return lambda w: expand(pattern, shard=shards())
+
+
+def optional_truth_inputs(w):
+    return (
+        {"evaluation": f"{RESULTS}/atlas/evaluation/evaluation.json"}
+        if truth_dir()
+        else {}
+    )
+
+
+def optional_clearing_figure(w):
+    if clear_example_inputs():
+        return {"clearing_figure": f"{RESULTS}/atlas/figures/clearing_example.png"}
+    return {}
+
+
+def model_input():
+    """The model dependency: the user's package, or the train rule's output folder."""
+    if config["localize"].get("model"):
+        return config["localize"]["model"]
+    return f"{RESULTS}/model"

@@ -1,0 +1,52 @@
+rule train:
+    input:
+        cells=lambda w: expand(
+            f"{RESULTS}/cells/shard-{{shard}}.parquet", shard=training_shards()
+        ),
+        crops=lambda w: expand(
+            f"{RESULTS}/crops/shard-{{shard}}.zarr", shard=training_shards()
+        ),
+    output:
+        model=directory(f"{RESULTS}/model"),
+    log:
+        "logs/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train.tsv"
+    conda:
+        "../../envs/localize.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        cfg=params_json("localize"),
+    shell:
+        "locatlas train --cells {input.cells} --crops {input.crops} --out-dir {output.model}"
+        " --params {params.cfg:q} --threads {threads} > {log} 2>&1"
+
+
+rule localize:
+    input:
+        cells=f"{RESULTS}/cells/shard-{{shard}}.parquet",
+        crops=f"{RESULTS}/crops/shard-{{shard}}.zarr",
+        model=lambda w: model_input(),
+    output:
+        table=f"{RESULTS}/localization/shard-{{shard}}.parquet",
+        embeddings=f"{RESULTS}/localization/shard-{{shard}}.embeddings.npy",
+    log:
+        "logs/localize/{shard}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/localize/{{shard}}.tsv"
+    conda:
+        "../../envs/localize.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=lambda w: 5 + shard_fields(w),
+    params:
+        cfg=params_json("localize"),
+        package=model_package(),
+    shell:
+        "locatlas localize --cells {input.cells} --crops {input.crops} --model {params.package}"
+        " --out {output.table} --embeddings {output.embeddings} --params {params.cfg:q}"
+        " --threads {threads} > {log} 2>&1"
