@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--preset", default="demo")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--params", type=_json, default={}, help="write_atlas overrides (JSON)")
 
     p = _add(sub, "validate-config", "Validate a config file against the schema.")
     p.add_argument("config")
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=None)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--shard-size", type=int, required=True)
-    p.add_argument("--params", type=_json, default={}, help="the config's `channels` section")
+    p.add_argument(
+        "--params", type=_json, default={}, help="the config's `channels` and `ingest` sections"
+    )
 
     p = _add(sub, "flatfield", "Fit a plate's flat-field from a sample of its fields.")
     p.add_argument("--shard-manifests", nargs="+", required=True)
@@ -138,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psf", required=True, help="JSON with pixel/z size, NA, wavelength, index")
     p.add_argument("--figure", required=True)
     p.add_argument("--params", type=_json, default={})
+    p = _add(sub, "watch", "Process new acquisitions as they land (continuous mode).")
+    p.add_argument("--samples", required=True, help="the sample sheet or folder being filled")
+    p.add_argument("--workdir", default=".", help="where the workflow runs")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
+    p.add_argument(
+        "--settle", type=float, default=30.0, help="seconds the input must stay unchanged"
+    )
+    p.add_argument(
+        "snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake, after --"
+    )
     return parser
 
 
@@ -154,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _simulate(a):
     from .simulate import write_atlas
 
-    print(write_atlas(a.out, preset=a.preset, seed=a.seed))
+    print(write_atlas(a.out, preset=a.preset, seed=a.seed, **a.params))
 
 
 def _validate_config(a):
@@ -176,9 +189,10 @@ def _ingest(a):
         a.samples,
         a.out_dir,
         pattern=a.pattern,
-        roles_override=a.params.get("roles") or None,
-        pixel_size_um=a.params.get("pixel_size_um"),
+        roles_override=a.params.get("channels", {}).get("roles") or None,
+        pixel_size_um=a.params.get("channels", {}).get("pixel_size_um"),
         shard_size=a.shard_size,
+        limits=a.params.get("ingest"),
     )
 
 
@@ -287,7 +301,17 @@ def _clear_example(a):
     run_clear_example(a.image, a.psf, a.figure, params=a.params)
 
 
+def _watch(a):
+    from .watch import watch
+
+    args = [x for x in a.snakemake_args if x != "--"]
+    watch(
+        a.samples, snakemake_args=args, workdir=a.workdir, interval_s=a.interval, settle_s=a.settle
+    )
+
+
 _HANDLERS = {
+    "watch": _watch,
     "simulate": _simulate,
     "validate-config": _validate_config,
     "ingest": _ingest,

@@ -14,9 +14,11 @@ rule simulate:
     params:
         preset=lambda w: config["input"]["simulate"]["preset"],
         seed=lambda w: config["input"]["simulate"]["seed"],
+        overrides=lambda w: json.dumps(config["input"]["simulate"].get("params", {})),
         out=lambda w, output: Path(output.samplesheet).parent,
     shell:
-        "locatlas simulate --preset {params.preset} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "locatlas simulate --preset {params.preset} --seed {params.seed} --out {params.out}"
+        " --params {params.overrides:q} > {log} 2>&1"
 
 
 checkpoint ingest:
@@ -36,7 +38,10 @@ checkpoint ingest:
         mem_mb=4000,
         runtime=60,
     params:
-        channels=params_json("channels"),
+        cfg=lambda w: json.dumps(
+            {"channels": config["channels"], "ingest": config["ingest"]},
+            sort_keys=True,
+        ),
         pattern=lambda w: (
             f"--pattern {config['input']['pattern']!r}"
             if config["input"]["pattern"]
@@ -46,4 +51,4 @@ checkpoint ingest:
         out_dir=lambda w, output: Path(output.manifest).parent,
     shell:
         "locatlas ingest --samples {input.samples} {params.pattern} --out-dir {params.out_dir}"
-        " --shard-size {params.shard_size} --params {params.channels:q} > {log} 2>&1"
+        " --shard-size {params.shard_size} --params {params.cfg:q} > {log} 2>&1"

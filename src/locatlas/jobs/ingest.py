@@ -24,7 +24,13 @@ def shard_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per shard: plate, number of views and fields, whether it holds training labels."""
     has_labels = manifest["labels"].fillna("").astype(str) != ""
     is_train = manifest["split"].fillna("").astype(str).isin(["train", ""]) & has_labels
-    g = manifest.assign(_train=is_train, _labelled=has_labels).groupby("shard", sort=True)
+    sizes = [c for c in ("size_c", "size_z", "size_y", "size_x") if c in manifest]
+    mpx = manifest[sizes].prod(axis=1) / 1e6 if sizes else pd.Series(16.0, index=manifest.index)
+    # a view's time points are processed together: its megapixels add up
+    view_mpx = mpx.groupby(manifest["view_id"]).transform("sum")
+    g = manifest.assign(_train=is_train, _labelled=has_labels, _mpx=view_mpx).groupby(
+        "shard", sort=True
+    )
     return pd.DataFrame(
         {
             "shard": g.size().index,
@@ -33,6 +39,7 @@ def shard_table(manifest: pd.DataFrame) -> pd.DataFrame:
             "n_views": g["view_id"].nunique().values,
             "n_train": g["_train"].sum().values.astype(int),
             "n_labelled": g["_labelled"].sum().values.astype(int),
+            "max_field_mpx": g["_mpx"].max().values.round(3),
         }
     )
 
@@ -45,6 +52,7 @@ def run_ingest(
     roles_override: dict | None,
     pixel_size_um: float | None,
     shard_size: int,
+    limits: dict | None = None,
 ) -> pd.DataFrame:
     """Write ``manifest.parquet``, ``shards.tsv``, ``quarantine.parquet`` and
     ``shards/<shard>.parquet`` under ``out_dir``.
@@ -52,8 +60,10 @@ def run_ingest(
     A per-shard manifest is rewritten only when its content changed, so adding a
     plate leaves every existing shard's file (and so its downstream jobs) untouched.
     """
-    from ..ingest import build_manifest
+    from ..ingest import IngestLimits, build_manifest
 
+    limits = dict(limits or {})
+    checksum = limits.pop("checksum", "fast")
     out = Path(out_dir)
     manifest, quarantine = build_manifest(
         samples,
@@ -61,6 +71,8 @@ def run_ingest(
         roles_override=roles_override or None,
         pixel_size_um=pixel_size_um,
         shard_size=shard_size,
+        limits=IngestLimits(**limits),
+        checksum=checksum,
     )
     if manifest.empty:
         raise SystemExit(
