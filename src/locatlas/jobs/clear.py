@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import numpy as np
@@ -23,7 +24,8 @@ def clear_field(image: np.ndarray, *, roles, pixel_size_um, z_step_um, params: d
     from ..clearing import clear_image
 
     wavelengths = {**DEFAULT_WAVELENGTHS_UM, **(params.get("wavelengths_um") or {})}
-    options = {
+    options = {"device": os.environ.get("LOCATLAS_DEVICE", "auto")}
+    options |= {
         k: params[k]
         for k in (
             "mode",
@@ -33,7 +35,11 @@ def clear_field(image: np.ndarray, *, roles, pixel_size_um, z_step_um, params: d
             "immersion_index",
             "iterations",
             "regularization",
-            "device",
+            "regularizer",
+            "threshold",
+            "baseline_iterations",
+            "feature_scale_z_um",
+            "tile_size",
         )
         if k in params
     }

@@ -42,7 +42,7 @@ def run_clear_example(image: str, psf: str, figure: str, *, params: dict) -> Non
     optics = read_psf_parameters(psf)
     options = {
         k: params[k]
-        for k in ("feature_scale_um", "strength", "iterations", "regularization", "device")
+        for k in ("feature_scale_um", "strength", "iterations", "regularization", "threshold")
         if k in params
     }
     cleared = clear_image(stack, mode=params.get("example_mode", "combined"), **optics, **options)
@@ -50,8 +50,9 @@ def run_clear_example(image: str, psf: str, figure: str, *, params: dict) -> Non
     fig, axes = plt.subplots(
         2, 2, figsize=(9, 7), height_ratios=[stack.shape[1], stack.shape[0] * 3]
     )
+    # one display range for both, so the removed haze shows as darker background
+    lo, hi = 0.0, float(np.percentile(stack, 99.8))
     for col, (title, data) in enumerate((("raw", stack), ("cleared", cleared))):
-        lo, hi = np.percentile(data, [0.5, 99.8])
         axes[0, col].imshow(data[z], cmap="gray", vmin=lo, vmax=hi)
         axes[0, col].set_title(f"{title}: plane z={z}")
         axes[1, col].imshow(
