@@ -28,6 +28,24 @@ CELL_METADATA = [
 
 
 def _segment_view(view: pd.DataFrame, *, image_name: str | None, params: dict):
+    """Segment one view; a view that cannot be segmented is reported, not fatal."""
+    try:
+        return _segment_view_unsafe(view, image_name=image_name, params=params)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        log.exception("segment: view %s failed", view["view_id"].iloc[0])
+        qc = [
+            {
+                "field_id": fid,
+                "n_nuclei": 0,
+                "n_cells": 0,
+                "flags": f"failed: {type(err).__name__}: {err}",
+            }
+            for fid in view["field_id"]
+        ]
+        return [], [], [], qc, None
+
+
+def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: dict):
     from ..omezarr import read_field_image, write_labels
     from ..segment import extract_crops, measure_cells, segment_field
 
@@ -114,7 +132,7 @@ def run_segment(
     order = np.lexsort((cells["cell_id"].to_numpy(), cells["field_id"].to_numpy()))
     cells = cells.iloc[order].reset_index(drop=True)
     crop_arr, mask_arr = crop_arr[order], mask_arr[order]
-    channels = list(results[0][4]) if results else []
+    channels = next((list(r[4]) for r in results if r[4] is not None), [])
     write_crops(
         crops_out,
         crop_arr,
