@@ -138,10 +138,21 @@ def run_aggregate(
         sorted(emb_paths),
         out_dir,
         classes=load_classes(classes_path),
-        thresholds=spec.get("thresholds"),
+        thresholds=_threshold_map(spec),
         params=params,
         reference=reference,
         truth_dir=truth_dir,
         extra_sections=sections,
     )
     log.info("atlas written: %s", ", ".join(sorted(outputs)))
+
+
+def _threshold_map(spec: dict) -> dict[str, float] | None:
+    """The model's tuned per-class thresholds as slug -> threshold."""
+    thr = spec.get("thresholds")
+    if thr is None:
+        return None
+    if isinstance(thr, dict):
+        return {str(k): float(v) for k, v in thr.items()}
+    slugs = spec.get("class_slugs") or list(load_classes().slugs)
+    return {slug: float(t) for slug, t in zip(slugs, thr, strict=True)}

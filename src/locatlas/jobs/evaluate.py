@@ -79,7 +79,8 @@ def evaluate_localization(
 
     classes = load_classes(classes_path)
     _, spec = load_model_package(Path(model_dir))
-    thresholds = spec.get("thresholds") or {}
+    thresholds = spec.get("thresholds") or 0.5
+    eval_classes = spec.get("trained_classes")
     cells = pd.concat([pd.read_parquet(p) for p in sorted(cells_paths)], ignore_index=True)
     loc = pd.concat([pd.read_parquet(p) for p in sorted(loc_paths)], ignore_index=True)
     df = cells.merge(loc, on=["field_id", "cell_id"], how="inner")
@@ -90,7 +91,7 @@ def evaluate_localization(
     for split, part in df.groupby(df["split"].fillna("").astype(str)):
         probs = part[classes.prob_columns].to_numpy(np.float32)
         y = parse_labels(list(part["truth_labels"]), n_classes=len(classes))
-        ev = evaluate_predictions(probs, y, thresholds, classes)
+        ev = evaluate_predictions(probs, y, thresholds, classes, eval_classes=eval_classes)
         ev["n_cells"] = int(len(part))
         ev["proteins"] = sorted(part["protein"].astype(str).unique())
         results[split or "unsplit"] = ev

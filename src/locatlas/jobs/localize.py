@@ -85,17 +85,14 @@ def run_train(
     out = Path(out_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        spec = {
-            "classes": list(classes.names),
-            "class_slugs": list(classes.slugs),
-            "channels": channels,
-            "um_per_px": um_per_px,
-            "crop_size_px": int(crops.shape[-1]),
-            "thresholds": result.get("thresholds"),
-            "trained_on": {"cells": int(len(crops)), "proteins": sorted(set(map(str, groups)))},
+        spec = dict(result["spec"])
+        spec["trained_on"] = {
+            "cells": int(len(crops)),
+            "proteins": sorted(set(map(str, groups))),
+            "splits": splits,
         }
         save_model_package(model, tmp / "package", spec=spec)
-        write_training_report(result["history"], result.get("evaluation", result), tmp / "report")
+        write_training_report(result["history"], result.get("evaluation"), tmp / "report")
     log.info("train: model package in %s", out / "package")
 
 
