@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", nargs="+", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--crops", nargs="+", default=[], help="crop stores, for the QC montage")
     p.add_argument("--quarantine", nargs="+", default=[])
     p.add_argument("--normalize-receipts", nargs="+", default=[])
     p.add_argument("--segment-receipts", nargs="+", default=[])
@@ -292,6 +293,7 @@ def _aggregate(a):
         reference=a.reference,
         truth_dir=a.truth,
         sections=sections,
+        crops_paths=a.crops,
     )
 
 

@@ -35,6 +35,7 @@ rule aggregate:
         cells=per_shard(f"{RESULTS}/cells/shard-{{shard}}.parquet"),
         localization=per_shard(f"{RESULTS}/localization/shard-{{shard}}.parquet"),
         embeddings=per_shard(f"{RESULTS}/localization/shard-{{shard}}.embeddings.npy"),
+        crops=per_shard(f"{RESULTS}/crops/shard-{{shard}}.zarr"),
         normalize=per_shard(f"{RESULTS}/receipts/normalize/{{shard}}.parquet"),
         segment=per_shard(f"{RESULTS}/receipts/segment/{{shard}}.parquet"),
         quarantine=per_shard(f"{RESULTS}/quarantine/normalize/{{shard}}.parquet"),
@@ -91,7 +92,8 @@ rule aggregate:
         config_hash=lambda w: config_digest(),
     shell:
         "locatlas aggregate --cells {input.cells} --localization {input.localization}"
-        " --embeddings {input.embeddings} --model {params.package} --out-dir {params.out_dir}"
+        " --embeddings {input.embeddings} --crops {input.crops} --model {params.package}"
+        " --out-dir {params.out_dir}"
         " --quarantine {input.ingest_quarantine} {input.quarantine}"
         " --normalize-receipts {input.normalize} --segment-receipts {input.segment}"
         " {params.evaluation} {params.training} {params.clearing} {params.truth} {params.reference}"

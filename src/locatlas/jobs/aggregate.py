@@ -127,6 +127,7 @@ def run_aggregate(
     reference: str | None,
     truth_dir: str | None,
     sections: list[dict],
+    crops_paths: list[str] | None = None,
 ) -> None:
     from ..aggregate import build_atlas
     from ..localize import load_model_package
@@ -143,6 +144,8 @@ def run_aggregate(
         reference=reference,
         truth_dir=truth_dir,
         extra_sections=sections,
+        crops_paths=sorted(crops_paths) if crops_paths else None,
+        crop_roles=_crop_roles(crops_paths),
     )
     log.info("atlas written: %s", ", ".join(sorted(outputs)))
 
@@ -156,3 +159,13 @@ def _threshold_map(spec: dict) -> dict[str, float] | None:
         return {str(k): float(v) for k, v in thr.items()}
     slugs = spec.get("class_slugs") or list(load_classes().slugs)
     return {slug: float(t) for slug, t in zip(slugs, thr, strict=True)}
+
+
+def _crop_roles(crops_paths: list[str] | None) -> list[str] | None:
+    import zarr
+
+    for path in sorted(crops_paths or []):
+        channels = zarr.open_group(str(path), mode="r").attrs.get("channels")
+        if channels:
+            return list(channels)
+    return None
