@@ -17,7 +17,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-all lint format report bench clean
+.PHONY: install demo test test-reliability test-all lint format report bench clean
 
 install: $(VENV)/.installed
 
@@ -33,11 +33,18 @@ demo: install
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/snakemake-report.html
 	@echo "Atlas: results/atlas/ (report.html, cells.h5ad, proteins.parquet)"
 
+# Unit and real-data tests on 2 workers, then the whole-workflow tests in one process
+# (they share one tiny run).
 test: install
-	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm and not reliability and not workflow" -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "workflow and not slow and not slurm and not reliability" $(PYTEST_ARGS)
+
+# Kill -9 / rerun / add-a-plate tests: several workflow runs (~10 min); CI runs them.
+test-reliability: install
+	$(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not slurm" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

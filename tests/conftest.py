@@ -26,3 +26,13 @@ def shared_data() -> Path:
             f"real data not available: {SHARED_DATA} is absent (a fresh clone without ../shared)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One clean run of the whole workflow on the tiny simulated atlas (shared by tests)."""
+    from workflow_utils import snakemake
+
+    work = tmp_path_factory.mktemp("tiny")
+    snakemake(work)
+    return work

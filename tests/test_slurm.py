@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from workflow_utils import REPO, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]

@@ -39,13 +39,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_parquet(
+    df: pd.DataFrame, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``df`` to ``path`` atomically and byte-reproducibly.
 
     The index is dropped and no wall-clock metadata is stored, so the same
-    frame always gives the same bytes.
+    frame always gives the same bytes. ``metadata`` (e.g. provenance) is stored
+    in the file's key-value metadata under ``locatlas.<key>``.
     """
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    if metadata:
+        extra = {f"locatlas.{k}".encode(): str(v).encode() for k, v in sorted(metadata.items())}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
     return Path(path)

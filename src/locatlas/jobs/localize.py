@@ -9,7 +9,9 @@ import pandas as pd
 
 from ..atomic import atomic_path, write_parquet, write_text
 from ..classes import load_classes
+from ..config import config_hash
 from ..crops_store import read_crops
+from ..provenance import provenance
 from .common import log, write_receipt
 
 
@@ -149,7 +151,14 @@ def run_localize(
     with atomic_path(embeddings_out) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, emb.astype(np.float32))
-    write_parquet(table, out)
+    write_parquet(
+        table,
+        out,
+        metadata=provenance(
+            config_hash=config_hash(params),
+            model_sha256=str(spec.get("sha256", "unknown")),
+        ),
+    )
     log.info(
         "localize: %d cells with model %s",
         len(table),

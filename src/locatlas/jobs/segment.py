@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_parquet
+from ..config import config_hash
 from ..crops_store import write_crops
 from ..parallel import map_ordered
+from ..provenance import provenance
 from .common import log, read_manifest, write_receipt
 
 #: Manifest columns copied onto every cell row.
@@ -24,6 +26,7 @@ CELL_METADATA = [
     "cell_line",
     "split",
     "labels",
+    "checksum",
 ]
 
 
@@ -144,6 +147,13 @@ def run_segment(
             "um_per_px": float(params.get("crop_size_um", 40.0)) / size_px,
         },
     )
-    write_parquet(cells, cells_out)
+    write_parquet(
+        cells,
+        cells_out,
+        metadata=provenance(
+            config_hash=config_hash(params),
+            input_checksums=config_hash(sorted(manifest.get("checksum", pd.Series()).astype(str))),
+        ),
+    )
     log.info("segment: %d fields, %d cells", len(qc), len(cells))
     write_receipt(pd.DataFrame(qc).sort_values("field_id"), receipt, params=params)

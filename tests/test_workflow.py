@@ -1,0 +1,52 @@
+"""The whole chain on the tiny simulated atlas, through Snakemake, checked against truth."""
+
+from __future__ import annotations
+
+import json
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.workflow]
+
+
+def test_atlas_outputs_exist(tiny_run):
+    atlas = tiny_run / "results" / "atlas"
+    for name in ("cells.h5ad", "proteins.parquet", "report.html", "evaluation/evaluation.json"):
+        assert (atlas / name).is_file(), name
+
+
+def test_every_cell_reaches_the_atlas(tiny_run):
+    cells = pd.concat(
+        [pd.read_parquet(p) for p in sorted((tiny_run / "results" / "cells").glob("*.parquet"))]
+    )
+    loc = pd.concat(
+        [
+            pd.read_parquet(p)
+            for p in sorted((tiny_run / "results" / "localization").glob("*.parquet"))
+        ]
+    )
+    assert len(cells) > 50
+    assert len(loc) == len(cells)
+    assert not cells.duplicated(["field_id", "cell_id"]).any()
+    adata = anndata.read_h5ad(tiny_run / "results" / "atlas" / "cells.h5ad")
+    # the atlas holds the cells that pass QC and do not touch the field edge
+    usable = cells["qc_pass"].astype(bool) & ~cells["edge"].astype(bool)
+    assert adata.n_obs == int(usable.sum()) > 20
+    assert "X_umap" in adata.obsm and adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    probs = loc.filter(like="p_").to_numpy()
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_segmentation_matches_truth(tiny_run):
+    ev = json.loads((tiny_run / "results" / "atlas" / "evaluation" / "evaluation.json").read_text())
+    assert ev["nuclei_f1"] >= 0.85, ev
+    assert ev["cells_f1"] >= 0.7, ev
+
+
+def test_report_has_the_accuracy_and_quarantine_sections(tiny_run):
+    html = (tiny_run / "results" / "atlas" / "report.html").read_text()
+    for title in ("Accuracy against ground truth", "Quarantine", "Provenance", "Field QC"):
+        assert title in html
