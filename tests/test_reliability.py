@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -19,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import zarr
 from workflow_utils import BIN, REPO, snakemake
+
+from locatlas.config import validate_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.reliability]
 
@@ -128,7 +132,6 @@ def test_shard_job_killed_mid_write_reruns_cleanly(tiny_run, tmp_path, stage):
             "--flatfield", f"results/flatfield/{shard.rsplit('-', 1)[0]}.npy",
             "--receipt", outputs[0],
             "--quarantine", f"results/quarantine/normalize/{shard}.parquet",
-            "--params", '{"flatfield_offset": 100}',
         ]  # fmt: skip
     else:
         outputs = [
@@ -143,6 +146,9 @@ def test_shard_job_killed_mid_write_reruns_cleanly(tiny_run, tmp_path, stage):
             "--crops", f"results/crops/shard-{shard}.zarr",
             "--receipt", outputs[1],
         ]  # fmt: skip
+    # the same parameters the workflow passed, so receipts (with their config hash) match
+    cfg = validate_config(yaml.safe_load((REPO / "config/tiny.yaml").read_text()))
+    cmd += ["--params", json.dumps(cfg[stage], sort_keys=True)]
     reference = {o: (work / o).read_bytes() for o in outputs}
     rng = random.Random(stage)
     for _ in range(3):

@@ -1,0 +1,105 @@
+"""Fields per core-hour through all six stages on 4 x 2048² simulated fields.
+
+Runs the whole workflow (simulate -> ingest -> normalize -> clear -> segment ->
+train -> localize -> aggregate) on the simulator's `benchmark` preset in a scratch
+folder, then reads Snakemake's per-job benchmark files and reports CPU seconds per
+field for each per-field stage. Model training is a one-off per model and is shown
+separately, not counted per field. Baseline measured in the same run: decoding the
+same fields' TIFF files (the least any pipeline must do).
+
+    python benchmarks/end_to_end.py            # target: >= 3,600 fields per core-hour
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+PER_FIELD = ["flatfield", "normalize", "plate_metadata", "clear", "segment", "localize"]
+ONCE = ["simulate", "ingest", "train", "evaluate", "aggregate"]
+
+
+def run(work: Path, cores: int) -> float:
+    config = work / "bench.yaml"
+    config.write_text(
+        "input:\n  simulate:\n    preset: benchmark\n    seed: 11\n"
+        "shard_size: 2\nnormalize:\n  flatfield_offset: 100\nclear:\n  example_stack: null\n"
+        "localize:\n  train:\n    epochs: 3\n    min_steps_per_epoch: 8\n"
+    )
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    subprocess.run(
+        [str(bin_dir / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+         str(work), "--configfile", str(config), "--cores", str(cores), "--quiet"],
+        env=env, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def stage_cpu(work: Path) -> pd.DataFrame:
+    rows = []
+    for tsv in (work / "results" / "benchmarks").rglob("*.tsv"):
+        rule = tsv.parent.name if tsv.parent.name != "benchmarks" else tsv.stem
+        b = pd.read_csv(tsv, sep="\t")
+        rows.append({"rule": rule, "wall_s": b["s"].iloc[-1], "cpu_s": b["cpu_time"].iloc[-1]})
+    return pd.DataFrame(rows).groupby("rule", as_index=False).sum()
+
+
+def decode_baseline(work: Path) -> float:
+    files = sorted((work / "results" / "simulated" / "images").rglob("*.tif"))
+    t0 = time.process_time()
+    for f in files:
+        tifffile.imread(f)
+    return time.process_time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--keep", help="run in this folder and keep it")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        wall = run(work, args.cores)
+        n_fields = len(pd.read_parquet(work / "results/manifest/manifest.parquet"))
+        cpu = stage_cpu(work)
+        decode = decode_baseline(work)
+    per_field = cpu[cpu["rule"].isin(PER_FIELD)].copy()
+    per_field["cpu_s_per_field"] = per_field["cpu_s"] / n_fields
+    total = per_field["cpu_s_per_field"].sum()
+    fph = 3600.0 / total
+    base = 3600.0 / max(decode / n_fields, 1e-9)
+    print(
+        f"{n_fields} fields of 4 x 2048² uint16, workflow wall {wall:.0f} s on {args.cores} cores\n"
+    )
+    print(per_field[["rule", "cpu_s", "cpu_s_per_field"]].round(2).to_string(index=False))
+    once = cpu[cpu["rule"].isin(ONCE)]
+    print("\none-off steps (not per field):")
+    print(once[["rule", "wall_s", "cpu_s"]].round(1).to_string(index=False))
+    table = pd.DataFrame(
+        [
+            {"what": "TIFF decode only (baseline)", "fields_per_core_hour": round(base)},
+            {"what": "locatlas, normalize..localize", "fields_per_core_hour": round(fph)},
+        ]
+    )
+    table["ratio_to_baseline"] = (table["fields_per_core_hour"] / base).round(4)
+    print()
+    print(table.to_string(index=False))
+    ok = fph >= 3600
+    print(f"\ntarget >= 3,600 fields per core-hour: {'PASS' if ok else 'FAIL'} ({fph:,.0f})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
