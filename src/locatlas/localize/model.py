@@ -19,6 +19,7 @@ per second per CPU core in float32 (see ``benchmarks/localize.py``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -27,6 +28,14 @@ from torch import nn
 
 #: Per-cell normalizations the network knows.
 NORMS = ("cell_max", "none")
+
+
+def default_widths(crop_size: int) -> tuple[int, ...]:
+    """Stage widths for a crop size: five stages for 64 px, one more (16 wide, at
+    full stem resolution) per doubling of the crop size, so the deepest grid
+    stays ~2×2 to 4×4 and the cost per cell grows slowly with the size."""
+    extra = max(0, round(math.log2(max(crop_size, 1) / 64)))
+    return (16,) * min(extra, 1) + (32,) * max(0, extra - 1) + (32, 48, 64, 96, 128)
 
 
 @dataclass(frozen=True)

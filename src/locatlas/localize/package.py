@@ -32,6 +32,7 @@ from locatlas.localize.train import FORMAT, FORMAT_VERSION
 
 SPEC_NAME = "model.yaml"
 WEIGHTS_NAME = "model.safetensors"
+REFERENCE_NAME = "reference.safetensors"
 
 
 class ModelPackageError(ValueError):
@@ -117,7 +118,13 @@ def _clean(obj):
     return obj
 
 
-def save_model_package(model: LocalizationNet, out_dir: str | os.PathLike, *, spec: dict) -> Path:
+def save_model_package(
+    model: LocalizationNet,
+    out_dir: str | os.PathLike,
+    *,
+    spec: dict,
+    reference: dict | None = None,
+) -> Path:
     """Write ``model.safetensors`` and ``model.yaml`` into ``out_dir``.
 
     Parameters
@@ -130,6 +137,10 @@ def save_model_package(model: LocalizationNet, out_dir: str | os.PathLike, *, sp
         ``model_id``, ``version`` (default "1") and ``locatlas_version`` are
         filled in. Required: ``classes``, ``channels``, ``um_per_px``,
         ``crop_size`` (alias ``crop_size_px``) and ``thresholds``.
+    reference : optional nearest-neighbour reference set, e.g. ``info["reference"]``
+        from :func:`train_model`: ``embeddings`` (M, D) and ``labels`` (M, K);
+        written to ``reference.safetensors`` (checksum in the spec) and read
+        back with :func:`load_reference`.
 
     Returns
     -------
@@ -157,6 +168,27 @@ def save_model_package(model: LocalizationNet, out_dir: str | os.PathLike, *, sp
     full["weights"] = {"file": WEIGHTS_NAME, "format": "safetensors", "sha256": digest}
     full["sha256"] = digest
     full["embedding_dim"] = model.config.embedding_dim
+    if reference is not None:
+        emb = np.asarray(reference["embeddings"], dtype=np.float32)
+        lab = np.asarray(reference["labels"])
+        if emb.ndim != 2 or emb.shape[1] != model.config.embedding_dim or len(lab) != len(emb):
+            raise ValueError(
+                f"reference: embeddings {emb.shape} and labels {lab.shape} do not fit the model"
+            )
+        ref_path = out / REFERENCE_NAME
+        tensors = {
+            "embeddings": torch.from_numpy(np.ascontiguousarray(emb)),
+            "labels": torch.from_numpy(np.ascontiguousarray(lab > 0.5).astype(np.uint8)),
+        }
+        with atomic_path(ref_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        full["reference"] = {
+            "file": REFERENCE_NAME,
+            "n_cells": int(len(emb)),
+            "sha256": sha256_file(ref_path),
+        }
+    else:
+        full.pop("reference", None)
     validate_spec(full, where=out / SPEC_NAME)
     write_text(yaml.safe_dump(full, sort_keys=True, allow_unicode=True), out / SPEC_NAME)
     return out
@@ -241,3 +273,36 @@ def load_model_package(
         _fail(wpath, f"weights do not fit the architecture in the spec: {exc}")
     model.eval()
     return model.to(device), spec
+
+
+def load_reference(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest-neighbour reference set stored in a model package.
+
+    Returns
+    -------
+    embeddings (M, D) float32 and labels (M, K) float32 multi-hot.
+
+    Raises
+    ------
+    ModelPackageError when the package has no reference set or its checksum fails.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    spec_path = p / SPEC_NAME if p.is_dir() else p
+    if not spec_path.is_file():
+        _fail(spec_path, "model spec not found (is this a locatlas model package?)")
+    spec = yaml.safe_load(spec_path.read_text()) or {}
+    ref = spec.get("reference")
+    if not isinstance(ref, dict) or "file" not in ref or "sha256" not in ref:
+        _fail(spec_path, "the package has no reference set (train with reference_max_cells > 0)")
+    rpath = spec_path.parent / str(ref["file"])
+    if not rpath.is_file():
+        _fail(spec_path, f"reference file {rpath} not found")
+    digest = sha256_file(rpath)
+    if digest != ref["sha256"]:
+        _fail(rpath, f"sha256 {digest} does not match the spec's {ref['sha256']}")
+    tensors = load_file(str(rpath))
+    return tensors["embeddings"].numpy().astype(np.float32), tensors["labels"].numpy().astype(
+        np.float32
+    )

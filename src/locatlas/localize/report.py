@@ -42,9 +42,9 @@ def plot_curves(history: dict, path: Path) -> Path:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     ep = np.arange(1, len(history.get("train_loss", [])) + 1)
-    ax1.plot(ep, history.get("train_loss", []), label="train")
+    ax1.plot(ep, history.get("train_loss", []), label="train (classification + ArcFace)")
     if history.get("val_loss"):
-        ax1.plot(ep, history["val_loss"], label="validation")
+        ax1.plot(ep, history["val_loss"], label="validation (classification)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()

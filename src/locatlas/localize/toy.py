@@ -11,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from locatlas import ROLES
-
 #: Toy patterns and the HPA-28 class index each one stands for.
 PATTERNS = {
     "nucleoplasm": 0,
@@ -75,7 +73,6 @@ def toy_cell(rng: np.random.Generator, patterns, size: int = 64) -> tuple[np.nda
     er = cyto * net * (0.4 + near)
     er = er / max(er.max(), 1e-6)
     dist_edge = ndi.distance_transform_edt(cell)
-    dist_nuc = ndi.distance_transform_edt(~nuc)
     prot = np.zeros((size, size), np.float32)
     for pat in patterns:
         if pat == "nucleoplasm":
@@ -114,7 +111,6 @@ def toy_cell(rng: np.random.Generator, patterns, size: int = 64) -> tuple[np.nda
             raise ValueError(f"unknown toy pattern {pat!r}; known: {sorted(PATTERNS)}")
         p = np.asarray(p, np.float32)
         prot += p / max(p.max(), 1e-6)
-    del dist_nuc
     prot = ndi.gaussian_filter(prot, 0.7 * s) * rng.uniform(0.3, 1.0)
     img = np.stack([dna, mt, er, prot]).astype(np.float32)
     img = ndi.gaussian_filter(img, (0, 0.6 * s, 0.6 * s))
@@ -155,7 +151,6 @@ def toy_cells(
             masks.append(m)
             labels.append(lab)
             groups.append(name)
-    assert len(ROLES) == 4
     return (
         np.stack(crops).astype(np.float16),
         np.stack(masks),

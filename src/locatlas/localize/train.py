@@ -25,7 +25,7 @@ from locatlas.localize.data import augment, channel_indices, check_crops, rescal
 from locatlas.localize.infer import _autocast, forward_batches, resolve_device
 from locatlas.localize.losses import arcface_loss, asymmetric_loss, bce_loss
 from locatlas.localize.metrics import evaluate_predictions, macro_f1, tune_thresholds
-from locatlas.localize.model import LocalizationNet, NetConfig
+from locatlas.localize.model import LocalizationNet, NetConfig, default_widths
 
 FORMAT = "locatlas-localization-model"
 FORMAT_VERSION = 1
@@ -67,14 +67,19 @@ class TrainParams:
     shift : random shift up to ±shift × crop size (segmentation centres vary).
     roles : channel roles the model uses (default: every role of the crops).
     use_masks : feed the cell and nucleus masks as two extra channels.
-    widths, stem_stride, embedding_dim, dropout, norm : architecture (see ``NetConfig``).
+    widths, stem_stride, embedding_dim, dropout, norm : architecture (see ``NetConfig``);
+        ``widths=None`` picks them from the crop size (:func:`default_widths`).
     crop_size : model input size in px (default: the crops' size).
     um_per_px : model pixel size in µm (default: the crops' ``pixel_size_um``);
         crops are resampled to it before training.
     num_threads : ``torch.set_num_threads`` for training (default: leave as is).
+    ema_decay : exponential moving average of the weights (per step); the averaged
+        model is validated and returned (0 disables).
     bf16 : bf16 autocast on CPU too (on CUDA it is always used).
     max_time_s : stop after the epoch that passes this wall time (None: no limit).
     val_batch_size : cells per forward pass in validation.
+    reference_max_cells : labelled cells kept (a seeded sample) as the
+        nearest-neighbour reference set (0: none, None: all).
     """
 
     seed: int = 0
@@ -104,7 +109,7 @@ class TrainParams:
     shift: float = 0.05
     roles: tuple[str, ...] | None = None
     use_masks: bool = True
-    widths: tuple[int, ...] = (32, 48, 64, 96, 128)
+    widths: tuple[int, ...] | None = None
     stem_stride: int = 2
     embedding_dim: int = 128
     dropout: float = 0.2
@@ -112,9 +117,11 @@ class TrainParams:
     crop_size: int | None = None
     um_per_px: float | None = None
     num_threads: int | None = None
+    ema_decay: float = 0.998
     bf16: bool = False
     max_time_s: float | None = None
     val_batch_size: int = 256
+    reference_max_cells: int | None = 20000
 
     @classmethod
     def from_any(cls, params: TrainParams | dict | None) -> TrainParams:
@@ -211,6 +218,16 @@ def _sampling_weights(labels: np.ndarray, power: float) -> np.ndarray:
     return w / w.sum()
 
 
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for parameters and float buffers."""
+    for (_, e), (_, m) in zip(ema.state_dict().items(), model.state_dict().items(), strict=True):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1.0 - decay)
+        else:
+            e.copy_(m)
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -226,7 +243,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 @contextlib.contextmanager
 def _deterministic(device: torch.device, num_threads: int | None) -> Iterator[None]:
-    """Deterministic algorithms (CPU) and a thread count, restored afterwards."""
+    """Deterministic algorithms (CPU), a thread count and a private RNG state
+    (the caller's torch RNG is left as it was), all restored afterwards."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
     try:
@@ -234,7 +252,9 @@ def _deterministic(device: torch.device, num_threads: int | None) -> Iterator[No
             torch.set_num_threads(int(num_threads))
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)
-        yield
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            yield
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
@@ -295,8 +315,11 @@ def train_model(
         under ``evaluation``; None without a validation split),
         ``val_per_class_f1`` ({class name: F1} over evaluated classes),
         ``best_epoch``, ``trained_classes`` (indices with a training positive),
-        ``split`` (groups and sizes of each side) and ``spec`` (the model spec
-        for :func:`save_model_package`, without checksum).
+        ``split`` (groups and sizes of each side), ``reference`` (embeddings,
+        labels, groups and row indices of up to ``reference_max_cells``
+        labelled cells, for :func:`nearest_neighbours`; pass it to
+        :func:`save_model_package`) and ``spec`` (the model spec for
+        :func:`save_model_package`, without checksum).
     """
     p = TrainParams.from_any(params)
     p.validate()
@@ -338,7 +361,7 @@ def train_model(
             in_roles=roles,
             n_classes=len(classes),
             use_masks=p.use_masks,
-            widths=p.widths,
+            widths=p.widths or default_widths(size),
             stem_stride=p.stem_stride,
             embedding_dim=p.embedding_dim,
             dropout=p.dropout,
@@ -360,6 +383,7 @@ def train_model(
             return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
         weights = _sampling_weights(labels[train_idx], p.sampling_power)
+        ema = copy.deepcopy(model).eval() if p.ema_decay > 0 else None
         hist: dict = {"train_loss": [], "val_loss": [], "val_macro_f1": [], "lr": [], "epoch_s": []}
         best = (-1.0, math.inf)
         best_state, best_epoch, best_thr = None, 0, np.full(len(classes), 0.5, np.float32)
@@ -401,13 +425,16 @@ def train_model(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    _ema_update(ema, model, min(p.ema_decay, (1 + step) / (10 + step)))
                 losses.append(float(loss.detach()))
                 step += 1
             hist["train_loss"].append(float(np.mean(losses)))
             hist["lr"].append(lr_at(step - 1))
+            judged = ema if ema is not None else model
             if len(val_idx):
                 vlogits, _ = forward_batches(
-                    model, crops, masks, index=index, rows=val_idx,
+                    judged, crops, masks, index=index, rows=val_idx,
                     batch_size=p.val_batch_size, device=dev,
                     precision="bf16" if (p.bf16 or dev.type == "cuda") else "fp32",
                 )  # fmt: skip
@@ -427,7 +454,7 @@ def train_model(
                 f"val macro-F1 {f1:.4f} ({hist['epoch_s'][-1]:.1f} s)"
             )
             if callback is not None:
-                callback(epoch, model)
+                callback(epoch, judged)
             score = (f1 if not math.isnan(f1) else 0.0, vl if not math.isnan(vl) else 0.0)
             if (
                 not len(val_idx)
@@ -435,7 +462,7 @@ def train_model(
                 or (abs(score[0] - best[0]) <= 1e-4 and score[1] < best[1])
             ):
                 best = score
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(judged.state_dict())
                 best_epoch, best_thr = epoch, thr
                 bad = 0
             else:
@@ -458,6 +485,20 @@ def train_model(
             val_eval = evaluate_predictions(
                 vprobs, labels[val_idx], best_thr, classes, eval_classes=eval_classes
             )
+        # Reference set for nearest-neighbour look-ups: embeddings of (a sample of)
+        # all labelled cells, training and validation.
+        ref_rows = np.arange(n)
+        if p.reference_max_cells is not None and n > p.reference_max_cells:
+            pick = np.random.default_rng(p.seed).choice(n, p.reference_max_cells, replace=False)
+            ref_rows = np.sort(pick)
+        ref_emb = np.zeros((0, cfg.embedding_dim), np.float32)
+        if p.reference_max_cells != 0 and len(ref_rows):
+            _, ref_emb = forward_batches(
+                model, crops, masks, index=index, rows=ref_rows, batch_size=p.val_batch_size,
+                device=torch.device("cpu"), precision="fp32",
+            )  # fmt: skip
+        else:
+            ref_rows = ref_rows[:0]
     hist["best_epoch"] = best_epoch
     groups_arr = np.asarray([str(g) for g in groups])
     info = {
@@ -479,6 +520,12 @@ def train_model(
             "n_val": len(val_idx),
         },
         "train_seconds": time.perf_counter() - t_start,
+        "reference": {
+            "embeddings": ref_emb,
+            "labels": labels[ref_rows],
+            "groups": groups_arr[ref_rows].tolist(),
+            "rows": ref_rows,
+        },
         "spec": {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
