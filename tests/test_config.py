@@ -50,3 +50,19 @@ def test_wrong_type_is_named_with_its_path():
         validate_config({"input": {"simulate": {"preset": "huge"}}})
     with pytest.raises(ConfigError, match=r"config key 'shard_size'"):
         validate_config({"shard_size": "ten"})
+
+
+def test_training_defaults_match_train_params():
+    """The schema documents localize.train; its defaults must be TrainParams' own."""
+    import dataclasses
+
+    from locatlas.localize.train import TrainParams
+
+    props = load_schema()["properties"]["localize"]["properties"]["train"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainParams)}
+    assert set(props) - {"splits"} == set(fields)
+    for name, default in fields.items():
+        assert props[name]["default"] == default, name
+    filled = validate_config({})["localize"]["train"]
+    filled.pop("splits")
+    assert TrainParams.from_any(filled) == TrainParams()

@@ -35,7 +35,8 @@ def snakemake(workdir: Path, *args: str, config: str = "config/tiny.yaml", check
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
     if check and proc.returncode != 0:
         logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+            f"--- {p}\n{p.read_text()[-2000:]}"
+            for p in sorted((workdir / "results").rglob("*.log"))
         )
         raise AssertionError(
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs[-8000:]}"

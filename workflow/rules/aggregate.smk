@@ -9,7 +9,7 @@ rule evaluate:
     output:
         f"{RESULTS}/atlas/evaluation/evaluation.json",
     log:
-        "logs/evaluate.log",
+        f"{RESULTS}/logs/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate.tsv"
     conda:
@@ -57,7 +57,7 @@ rule aggregate:
             category="Atlas",
         ),
     log:
-        "logs/aggregate.log",
+        f"{RESULTS}/logs/aggregate.log",
     benchmark:
         f"{RESULTS}/benchmarks/aggregate.tsv"
     conda:

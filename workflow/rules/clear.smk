@@ -4,7 +4,7 @@ rule clear:
     output:
         receipt=f"{RESULTS}/receipts/clear/{{shard}}.parquet",
     log:
-        "logs/clear/{shard}.log",
+        f"{RESULTS}/logs/clear/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/clear/{{shard}}.tsv"
     conda:
@@ -30,7 +30,7 @@ rule clear_example:
             category="Clearing",
         ),
     log:
-        "logs/clear_example.log",
+        f"{RESULTS}/logs/clear_example.log",
     benchmark:
         f"{RESULTS}/benchmarks/clear_example.tsv"
     conda:

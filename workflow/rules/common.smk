@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-RESULTS = "results"
+RESULTS = config["results"].rstrip("/")
 SIM_DIR = f"{RESULTS}/simulated"
 MANIFEST_DIR = f"{RESULTS}/manifest"
 ZARR_ROOT = f"{RESULTS}/zarr"

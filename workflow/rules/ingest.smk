@@ -3,7 +3,7 @@ rule simulate:
         samplesheet=f"{SIM_DIR}/samplesheet.csv",
         truth=f"{SIM_DIR}/truth/proteins.csv",
     log:
-        "logs/simulate.log",
+        f"{RESULTS}/logs/simulate.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate.tsv"
     conda:
@@ -29,7 +29,7 @@ checkpoint ingest:
         shards=f"{MANIFEST_DIR}/shards.tsv",
         quarantine=f"{MANIFEST_DIR}/quarantine.parquet",
     log:
-        "logs/ingest.log",
+        f"{RESULTS}/logs/ingest.log",
     benchmark:
         f"{RESULTS}/benchmarks/ingest.tsv"
     conda:

@@ -9,7 +9,7 @@ rule train:
     output:
         model=directory(f"{RESULTS}/model"),
     log:
-        "logs/train.log",
+        f"{RESULTS}/logs/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/train.tsv"
     conda:
@@ -34,7 +34,7 @@ rule localize:
         table=f"{RESULTS}/localization/shard-{{shard}}.parquet",
         embeddings=f"{RESULTS}/localization/shard-{{shard}}.embeddings.npy",
     log:
-        "logs/localize/{shard}.log",
+        f"{RESULTS}/logs/localize/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/localize/{{shard}}.tsv"
     conda:

@@ -6,7 +6,7 @@ rule flatfield:
     output:
         f"{RESULTS}/flatfield/{{plate}}.npy",
     log:
-        "logs/flatfield/{plate}.log",
+        f"{RESULTS}/logs/flatfield/{{plate}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/flatfield/{{plate}}.tsv"
     conda:
@@ -29,7 +29,7 @@ rule normalize:
         receipt=f"{RESULTS}/receipts/normalize/{{shard}}.parquet",
         quarantine=f"{RESULTS}/quarantine/normalize/{{shard}}.parquet",
     log:
-        "logs/normalize/{shard}.log",
+        f"{RESULTS}/logs/normalize/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/normalize/{{shard}}.tsv"
     conda:
@@ -60,7 +60,7 @@ rule plate_metadata:
     output:
         f"{RESULTS}/receipts/plates/{{plate}}.tsv",
     log:
-        "logs/plate_metadata/{plate}.log",
+        f"{RESULTS}/logs/plate_metadata/{{plate}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/plate_metadata/{{plate}}.tsv"
     conda:
@@ -74,3 +74,9 @@ rule plate_metadata:
         "locatlas plate-metadata --zarr-root {params.zarr_root} --plate {wildcards.plate}"
         " --shard-manifests {input.manifests} --receipts {input.receipts} --out {output}"
         " > {log} 2>&1"
+
+
+rule ome_zarr:
+    """Conversion only: every plate as a validated NGFF HCS plate (no analysis)."""
+    input:
+        lambda w: expand(f"{RESULTS}/receipts/plates/{{plate}}.tsv", plate=plates()),

@@ -7,7 +7,7 @@ rule segment:
         crops=directory(f"{RESULTS}/crops/shard-{{shard}}.zarr"),
         receipt=f"{RESULTS}/receipts/segment/{{shard}}.parquet",
     log:
-        "logs/segment/{shard}.log",
+        f"{RESULTS}/logs/segment/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/segment/{{shard}}.tsv"
     conda:
