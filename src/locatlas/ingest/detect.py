@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from locatlas.ingest.errors import IngestError
+from locatlas.remote import UrlPath, as_path
 
 #: Formats that ingest reads, and the reader behind each.
 FORMATS = {
@@ -50,9 +50,9 @@ NON_IMAGE_EXTENSIONS = frozenset(
 _FAMILY = {"ome-tiff": "tiff", "lsm": "tiff", "tiff": "tiff"}
 
 
-def format_from_extension(path: str | os.PathLike) -> str | None:
+def format_from_extension(path: str | os.PathLike | UrlPath) -> str | None:
     """Format suggested by the file name, or None."""
-    name = Path(path).name.lower()
+    name = as_path(path).name.lower()
     for ext in sorted(EXTENSIONS, key=len, reverse=True):
         if name.endswith(ext):
             return EXTENSIONS[ext]
@@ -91,7 +91,9 @@ def family(fmt: str | None) -> str | None:
     return _FAMILY.get(fmt, fmt) if fmt else fmt
 
 
-def detect_format(path: str | os.PathLike, head: bytes, declared: str | None = None) -> str:
+def detect_format(
+    path: str | os.PathLike | UrlPath, head: bytes, declared: str | None = None
+) -> str:
     """Format of a file from its name, first bytes and an optional declared format.
 
     The content decides; a name or a declared format that contradicts the content is
@@ -103,7 +105,7 @@ def detect_format(path: str | os.PathLike, head: bytes, declared: str | None = N
         ``unsupported-format``, ``extension-mismatch`` or ``corrupt`` (unrecognized
         content under a known image extension).
     """
-    path = Path(path)
+    path = as_path(path)
     ext_fmt = format_from_extension(path)
     magic = sniff(head)
     if magic is not None and magic.startswith("unsupported:"):

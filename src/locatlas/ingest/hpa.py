@@ -8,11 +8,15 @@
 HPA stems such as ``89_B5_1`` or ``B2AI_1_untreated_A1_R1`` encode plate, well and
 field (``<plate>_<well>_<field>``, field optionally prefixed with ``R``); other stems
 (e.g. Kaggle UUIDs) get derived values (see :mod:`locatlas.ingest.manifest`).
+
+Both layouts may live in object storage (``s3://...``): folders are then listed
+through fsspec (:mod:`locatlas.remote`), one listing per folder.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -20,9 +24,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from locatlas import remote
 from locatlas.ingest.detect import detect_format
 from locatlas.ingest.errors import IngestError
 from locatlas.ingest.planes import FileBytes, PlaneHeader, probe_plane, read_file_bytes
+from locatlas.remote import UrlPath, as_path
 
 #: Channel colours in the order they are stored (the canonical role order:
 #: nucleus, microtubules, er, protein).
@@ -53,6 +59,14 @@ def _listdir(directory: str) -> dict[str, tuple[str, ...]]:
     """Lower-cased file name -> actual names in ``directory`` (cached: one listing per
     directory however many stems it holds)."""
     out: dict[str, list[str]] = {}
+    if remote.is_url(directory):
+        try:
+            names = remote.listdir(directory)
+        except Exception:  # noqa: BLE001 - unreachable: no files found, reported per stem
+            names = ()
+        for name in names:
+            out.setdefault(name.lower(), []).append(name)
+        return {k: tuple(sorted(v)) for k, v in out.items()}
     try:
         with os.scandir(directory) as it:
             for entry in it:
@@ -64,15 +78,22 @@ def _listdir(directory: str) -> dict[str, tuple[str, ...]]:
 
 def clear_listing_cache() -> None:
     _listdir.cache_clear()
+    remote.clear_caches()
 
 
-def find_channel_files(stem: str | os.PathLike) -> dict[str, list[Path]]:
+def exists_listed(path: Path | UrlPath) -> bool:
+    """Whether ``path`` exists, from the cached listing of its folder (one listing per
+    folder instead of one request per path: cheap for objects in a store)."""
+    return path.name in _listdir(str(path.parent)).get(path.name.lower(), ())
+
+
+def find_channel_files(stem: str | os.PathLike | UrlPath) -> dict[str, list[Path | UrlPath]]:
     """Files of an HPA stem, per colour: ``<stem>_<colour>.<ext>`` next to the stem, or in
     a per-colour folder ``<dir>/<colour>/<name>_<colour>.<ext>``.
 
     Returns colour -> list of candidate paths (more than one means ambiguity).
     """
-    stem = Path(stem)
+    stem = as_path(stem)
     # CM4AI sheets list stems with a trailing underscore ("..._A1_R1_").
     directory, name = stem.parent, stem.name.rstrip("_")
     found: dict[str, list[Path]] = {}
@@ -91,7 +112,7 @@ def find_channel_files(stem: str | os.PathLike) -> dict[str, list[Path]]:
 class HpaProbe:
     """Headers of the channel files of one HPA field (no pixels decoded)."""
 
-    files: tuple[Path, ...]  # in channel order
+    files: tuple[Path | UrlPath, ...]  # in channel order
     colours: tuple[str, ...]
     formats: tuple[str, ...]
     headers: tuple[PlaneHeader, ...]
@@ -107,11 +128,11 @@ class HpaProbe:
 
 
 def resolve_hpa_files(
-    stem: str | os.PathLike,
+    stem: str | os.PathLike | UrlPath,
     colours: Sequence[str] = HPA_COLOURS,
     *,
-    found: dict[str, list[Path]] | None = None,
-) -> dict[str, Path]:
+    found: dict[str, list[Path | UrlPath]] | None = None,
+) -> dict[str, Path | UrlPath]:
     """The channel file of each colour of a stem; raises on missing or ambiguous files.
 
     ``found`` (colour -> candidate files) skips the directory lookup.
@@ -123,7 +144,7 @@ def resolve_hpa_files(
         raise IngestError(
             stem,
             f"missing channel file(s) for colour(s) {', '.join(missing)} "
-            f"(looked for {Path(stem).name}_<colour>.<tif|png|jpg>; found: {have})",
+            f"(looked for {as_path(stem).name}_<colour>.<tif|png|jpg>; found: {have})",
             "missing-channel",
         )
     for c in colours:
@@ -137,8 +158,8 @@ def resolve_hpa_files(
 
 
 def probe_hpa(
-    stem: str | os.PathLike,
-    files: dict[str, Path],
+    stem: str | os.PathLike | UrlPath,
+    files: dict[str, Path | UrlPath],
     *,
     colours: Sequence[str] = HPA_COLOURS,
     max_plane_pixels: int,
@@ -191,26 +212,39 @@ def group_hpa_files(paths: Sequence[Path]) -> tuple[dict[Path, dict[str, list[Pa
     return groups, rest
 
 
-def is_kaggle_layout(directory: Path) -> bool:
+def _csv_reader(sheet: Path | UrlPath):
+    if isinstance(sheet, UrlPath):
+        return csv.reader(io.StringIO(remote.read_text(sheet), newline=""))
+    with open(sheet, newline="") as fh:
+        return csv.reader(io.StringIO(fh.read(), newline=""))
+
+
+def is_kaggle_layout(directory: Path | UrlPath) -> bool:
     """``train.csv`` with an ``Id,Target`` header beside a ``train/`` folder."""
     sheet = directory / "train.csv"
-    if not (sheet.is_file() and (directory / "train").is_dir()):
+    if isinstance(directory, UrlPath):
+        names = remote.listdir(directory)
+        if (
+            "train.csv" not in names
+            or "train" not in names
+            or not remote.isdir(directory / "train")
+        ):
+            return False
+    elif not (sheet.is_file() and (directory / "train").is_dir()):
         return False
-    with open(sheet, newline="") as fh:
-        header = next(csv.reader(fh), [])
+    header = next(_csv_reader(sheet), [])
     return [h.strip() for h in header[:2]] == ["Id", "Target"]
 
 
-def read_kaggle_rows(directory: Path) -> list[tuple[int, str, str]]:
+def read_kaggle_rows(directory: Path | UrlPath) -> list[tuple[int, str, str]]:
     """Rows of ``train.csv``: (line number, Id, labels ';'-joined)."""
     rows = []
-    with open(directory / "train.csv", newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            ident = rec[0].strip()
-            target = rec[1].strip() if len(rec) > 1 else ""
-            rows.append((lineno, ident, target))
+    reader = _csv_reader(directory / "train.csv")
+    next(reader)
+    for lineno, rec in enumerate(reader, start=2):
+        if not rec:
+            continue
+        ident = rec[0].strip()
+        target = rec[1].strip() if len(rec) > 1 else ""
+        rows.append((lineno, ident, target))
     return rows

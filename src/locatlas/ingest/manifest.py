@@ -19,6 +19,12 @@ Derived identifiers (when the sheet has no plate/well/field, or for a directory)
 
 Plate names are stored path-safe (:func:`locatlas.ids.safe_name`: ``B2AI_1`` ->
 ``B2AI-1``), as in the field ids.
+
+Sources may be URLs (``s3://bucket/prefix/`` as the folder, a sheet in object storage,
+or ``s3://`` URLs in a sheet's ``source`` column; :mod:`locatlas.remote`). They are
+treated like local paths (object names as file names, prefixes as folders), so the
+same files give the same manifest rows locally and in object storage, except for
+``source``, which keeps the URL.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from locatlas import remote
 from locatlas.ids import (
     make_field_id,
     make_shard_id,
@@ -55,6 +62,7 @@ from locatlas.ingest.errors import IngestError
 from locatlas.ingest.hpa import (
     HPA_COLOURS,
     clear_listing_cache,
+    exists_listed,
     find_channel_files,
     group_hpa_files,
     is_kaggle_layout,
@@ -74,6 +82,7 @@ from locatlas.ingest.readers import (
 )
 from locatlas.ingest.roles import assign_roles
 from locatlas.ingest.samplesheet import read_samplesheet
+from locatlas.remote import UrlPath
 
 log = logging.getLogger("locatlas.ingest")
 
@@ -144,12 +153,12 @@ class _Entry:
     """One source to probe: a file or an HPA stem, with its sheet values."""
 
     kind: str  # "hpa" | "file"
-    path: Path
+    path: Path | UrlPath
     order: int
     group: str  # default plate (folder name)
     values: dict[str, Any] = field(default_factory=dict)
     declared: str | None = None
-    files: dict[str, list[Path]] | None = None  # pre-grouped HPA files (directory mode)
+    files: dict[str, list[Path | UrlPath]] | None = None  # pre-grouped HPA files (directory)
     where: str = ""  # sheet line, for messages
 
 
@@ -166,21 +175,28 @@ class _Probed:
 # --------------------------------------------------------------------------- entries
 
 
-def _abs(path: Path) -> Path:
+def _abs(path: Path | UrlPath) -> Path | UrlPath:
+    if isinstance(path, UrlPath):
+        return path
     return Path(os.path.normpath(path.absolute()))
 
 
-def _entries_from_sheet(sheet: Path) -> tuple[list[_Entry], list[dict[str, str]]]:
+def _exists(path: Path | UrlPath) -> bool:
+    # objects: from the (cached) listing of their folder, not one request per row
+    return exists_listed(path) if isinstance(path, UrlPath) else path.exists()
+
+
+def _entries_from_sheet(sheet: Path | UrlPath) -> tuple[list[_Entry], list[dict[str, str]]]:
     rows, bad, _ = read_samplesheet(sheet)
     entries = []
     for i, row in enumerate(rows):
         v = dict(row.values)
-        src = Path(v.pop("source"))
+        src = remote.as_path(v.pop("source"))
         path = _abs(src if src.is_absolute() else sheet.parent / src)
         declared = v.pop("format", "") or None
         if declared == "hpa":
             kind = "hpa"
-        elif declared is None and not path.exists() and find_channel_files(path):
+        elif declared is None and not _exists(path) and find_channel_files(path):
             kind = "hpa"
         else:
             kind = "file"
@@ -191,20 +207,27 @@ def _entries_from_sheet(sheet: Path) -> tuple[list[_Entry], list[dict[str, str]]
     return entries, bad
 
 
+def _listing(root: Path | UrlPath, pattern: str | None) -> list[tuple[Path | UrlPath, bool]]:
+    """(path, is a folder) below ``root``; an object store has no folders of its own."""
+    if isinstance(root, UrlPath):
+        return [(UrlPath(u), False) for u in remote.list_files(root, pattern or "**/*")]
+    return [(p, p.is_dir()) for p in sorted(root.glob(pattern or "**/*"))]
+
+
 def _entries_from_directory(
-    root: Path, pattern: str | None
+    root: Path | UrlPath, pattern: str | None
 ) -> tuple[list[_Entry], list[dict[str, str]]]:
     bad: list[dict[str, str]] = []
     if is_kaggle_layout(root) and pattern is None:
         return _entries_from_kaggle(root), bad
-    candidates: list[Path] = []
+    candidates: list[Path | UrlPath] = []
     skipped = 0
-    for p in sorted(root.glob(pattern or "**/*")):
+    for p, is_dir in _listing(root, pattern):
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
         is_imageish = format_from_extension(p) is not None
-        if p.is_dir():
+        if is_dir:
             if is_imageish:  # e.g. a folder named "x.tif": a mix-up, not a plate folder
                 bad.append(
                     quarantine_record(
@@ -222,7 +245,9 @@ def _entries_from_directory(
         log.info("%s: skipped %d non-image files (tables, notes)", root, skipped)
     groups, rest = group_hpa_files(candidates)
     entries: list[_Entry] = []
-    items: list[tuple[Path, str, dict | None]] = [(s, "hpa", f) for s, f in groups.items()]
+    items: list[tuple[Path | UrlPath, str, dict | None]] = [
+        (s, "hpa", f) for s, f in groups.items()
+    ]
     items += [(p, "file", None) for p in rest]
     for i, (path, kind, files) in enumerate(sorted(items, key=lambda x: str(x[0]))):
         group = path.parent.name or root.name
@@ -230,7 +255,7 @@ def _entries_from_directory(
     return entries, bad
 
 
-def _entries_from_kaggle(root: Path) -> list[_Entry]:
+def _entries_from_kaggle(root: Path | UrlPath) -> list[_Entry]:
     entries = []
     images = root / "train"
     for i, (lineno, ident, target) in enumerate(read_kaggle_rows(root)):
@@ -598,7 +623,9 @@ def build_manifest(
     samples
         A sample sheet (CSV/TSV, see ``workflow/schemas/samplesheet.schema.yaml``), a
         directory of images (HPA-named files are grouped into fields; a Kaggle layout
-        ``train.csv`` + ``train/`` is recognized), or a single image file.
+        ``train.csv`` + ``train/`` is recognized), or a single image file; each may be
+        a URL (``s3://bucket/prefix/``, see :mod:`locatlas.remote`), and a sheet's
+        sources may be URLs.
     pattern
         Glob pattern relative to a ``samples`` directory (default: every file, skipping
         hidden files and sidecar tables).
@@ -641,11 +668,16 @@ def build_manifest(
             f"hpa_colours must be a non-empty subset of {HPA_COLOURS}, got {hpa_colours}"
         )
     assign_roles([], override=roles_override)  # validate the override early
-    samples = _abs(Path(samples))
+    samples = _abs(remote.as_path(samples))
     clear_listing_cache()
-    if samples.is_dir():
+    if isinstance(samples, UrlPath):
+        is_dir = remote.isdir(samples)
+        is_file = not is_dir and remote.isfile(samples)
+    else:
+        is_dir, is_file = samples.is_dir(), samples.is_file()
+    if is_dir:
         entries, bad = _entries_from_directory(samples, pattern)
-    elif samples.is_file():
+    elif is_file:
         if format_from_extension(samples) is not None or samples.suffix.lower() not in (
             ".csv",
             ".tsv",

@@ -3,12 +3,16 @@
 The HPA layout stores one plane per channel file. Probing reads only the header
 (and the last bytes, to catch truncation), so that ingest never decodes pixels;
 the size limit is enforced from the header, before any decompression.
+
+Paths may be URLs (``s3://...``, see :mod:`locatlas.remote`): the first and last
+bytes then come from ranged reads of the object.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import operator
 import os
@@ -20,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from locatlas import remote
 from locatlas.ingest.errors import IngestError
+from locatlas.remote import UrlPath
 
 MIB = 1 << 20
 
@@ -43,7 +49,7 @@ class FileBytes:
     at most 2 MiB ``head + tail`` is the whole file.
     """
 
-    path: Path
+    path: Path | UrlPath
     size: int
     head: bytes
     tail: bytes
@@ -53,13 +59,61 @@ class FileBytes:
         """The last bytes of the file (from ``tail``, or ``head`` for small files)."""
         return self.tail if self.tail else self.head
 
+    @property
+    def whole(self) -> bool:
+        """``head + tail`` is the whole file (files of at most two blocks)."""
+        return self.size <= len(self.head) + len(self.tail)
+
+
+def _is_prefix(url: UrlPath) -> bool:
+    try:
+        return remote.isdir(url)
+    except Exception:  # noqa: BLE001 - unreachable: reported as such by the caller
+        return False
+
+
+def _read_remote_bytes(url: UrlPath, block: int) -> FileBytes:
+    try:
+        size, head, tail = remote.read_head_tail(url, block)
+    except Exception as exc:  # noqa: BLE001 - any store error is this source's problem
+        if isinstance(exc, FileNotFoundError | IsADirectoryError) and _is_prefix(url):
+            raise IngestError(
+                url, "is a folder (prefix), expected an object", "not-a-file"
+            ) from None
+        raise IngestError(url, remote.describe_error(exc), "not-found") from None
+    if size == 0:
+        raise IngestError(url, "object is empty (0 bytes)", "empty-file")
+    return FileBytes(url, size, head, tail)
+
+
+def open_binary(path: Path | UrlPath):
+    """A binary file object for a local path or a URL."""
+    if isinstance(path, UrlPath):
+        return remote.open_binary(path)
+    return open(path, "rb")
+
+
+def read_all_bytes(path: str | os.PathLike | UrlPath) -> bytes:
+    """Every byte of a local file or an object."""
+    path = remote.as_path(path)
+    if isinstance(path, UrlPath):
+        try:
+            return remote.read_bytes(path)
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(path, remote.describe_error(exc), "not-found") from None
+    return path.read_bytes()
+
 
 def read_file_bytes(path: str | os.PathLike, *, block: int = MIB) -> FileBytes:
     """Read head and tail of ``path`` (see :class:`FileBytes`).
 
-    Raises :class:`IngestError` for a missing path, a directory or an empty file.
+    Raises :class:`IngestError` for a missing path, a directory or an empty file. A URL
+    is read by two ranged requests (one for objects under ``block`` bytes); a missing
+    object or an unreachable store is ``not-found``.
     """
-    path = Path(path)
+    path = remote.as_path(path)
+    if isinstance(path, UrlPath):
+        return _read_remote_bytes(path, block)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -93,7 +147,7 @@ def fast_checksum(fb: FileBytes) -> str:
     the first MiB and the last MiB (a fast fingerprint, not a full-content hash).
     """
     h = hashlib.sha256()
-    if fb.size <= len(fb.head) + len(fb.tail):
+    if fb.whole:
         h.update(fb.head)
         h.update(fb.tail)
         return f"sha256:{h.hexdigest()}"
@@ -103,8 +157,14 @@ def fast_checksum(fb: FileBytes) -> str:
     return f"sha256-fast:{h.hexdigest()}"
 
 
-def full_checksum(path: str | os.PathLike, *, chunk: int = 4 * MIB) -> str:
-    """``"sha256:<hex>"`` of the whole file."""
+def full_checksum(path: str | os.PathLike | UrlPath, *, chunk: int = 4 * MIB) -> str:
+    """``"sha256:<hex>"`` of the whole file (or object)."""
+    path = remote.as_path(path)
+    if isinstance(path, UrlPath):
+        try:
+            return remote.sha256(path, chunk=chunk)
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(path, remote.describe_error(exc), "not-found") from None
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -123,7 +183,7 @@ class PlaneHeader:
     dtype: str
 
 
-def check_plane_size(path: Path, height: int, width: int, max_plane_pixels: int) -> None:
+def check_plane_size(path: Path | UrlPath, height: int, width: int, max_plane_pixels: int) -> None:
     """Refuse absurd sizes from the header alone (decompression bombs)."""
     if height <= 0 or width <= 0:
         raise IngestError(path, f"header gives an empty image ({height}x{width} pixels)", "corrupt")
@@ -166,7 +226,7 @@ def _probe_jpeg(fb: FileBytes) -> PlaneHeader:
         )
     buf = fb.head
     i = 2
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         while True:
             if i + 9 > len(buf):
                 if len(buf) >= fb.size:
@@ -228,7 +288,7 @@ TIFF_LOG = _TiffLog()
 logging.getLogger("tifffile").addHandler(TIFF_LOG)
 
 
-def tiff_log_error(path: Path, size: int, errors: list[str]) -> IngestError:
+def tiff_log_error(path: Path | UrlPath, size: int, errors: list[str]) -> IngestError:
     numbers = [int(n) for n in re.findall(r"\d+", errors[0])]
     kind = "truncated" if any(n >= size for n in numbers) else "corrupt"
     what = "TIFF is truncated" if kind == "truncated" else "TIFF structure is broken"
@@ -330,7 +390,7 @@ def _probe_tiff(fb: FileBytes) -> PlaneHeader:
         return fast
     path = fb.path
     try:
-        with TIFF_LOG.capture() as errors, tifffile.TiffFile(path) as tif:
+        with TIFF_LOG.capture() as errors, tifffile.TiffFile(tiff_source(fb)) as tif:
             page = tif.pages.first
             shape = tuple(int(s) for s in page.shape)
             dtype = np.dtype(page.dtype).name if page.dtype is not None else ""
@@ -359,6 +419,16 @@ def _probe_tiff(fb: FileBytes) -> PlaneHeader:
     if len(shape) == 3 and shape[2] in (2, 3, 4):
         return PlaneHeader("tiff", shape[0], shape[1], shape[2], dtype)
     raise IngestError(path, f"expected a 2-D plane, TIFF page has shape {shape}", "shape-mismatch")
+
+
+def tiff_source(fb: FileBytes):
+    """What tifffile opens: the local path, or for an object the bytes already read
+    (small files) or a ranged-reading file object."""
+    if not isinstance(fb.path, UrlPath):
+        return fb.path
+    if fb.whole:
+        return io.BytesIO(fb.head + fb.tail)
+    return remote.open_binary(fb.path)
 
 
 def probe_plane(fb: FileBytes, fmt: str, *, max_plane_pixels: int) -> PlaneHeader:
@@ -410,7 +480,7 @@ def decode_plane(
 
     from locatlas.ingest.detect import detect_format
 
-    path = Path(path)
+    path = remote.as_path(path)
     fb = read_file_bytes(path)
     if fmt is None:
         fmt = detect_format(path, fb.head)
@@ -418,14 +488,19 @@ def decode_plane(
     hdr = probe_plane(fb, fmt, max_plane_pixels=max_plane_pixels)
     try:
         if fmt in ("png", "jpeg"):
-            whole = fb.size <= len(fb.head) + len(fb.tail)
-            data = fb.head + fb.tail if whole else path.read_bytes()
+            data = fb.head + fb.tail if fb.whole else read_all_bytes(path)
             decode = imagecodecs.png_decode if fmt == "png" else imagecodecs.jpeg8_decode
             arr = decode(data)
         else:
             import tifffile
 
-            arr = tifffile.imread(path, key=0)
+            if isinstance(path, UrlPath):  # one plane: read the object once, decode in memory
+                data = fb.head + fb.tail if fb.whole else read_all_bytes(path)
+                arr = tifffile.imread(io.BytesIO(data), key=0)
+            else:
+                arr = tifffile.imread(path, key=0)
+    except IngestError:
+        raise
     except Exception as exc:
         raise IngestError(
             path, f"cannot decode {fmt}: {type(exc).__name__}: {exc}", "corrupt"

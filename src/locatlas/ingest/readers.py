@@ -24,18 +24,26 @@ Scenes/series are separate views. Time points are separate manifest rows (read o
 at a time). Z is kept whole. Mosaic tiles: where the plugin reconstructs the mosaic
 (CZI, LIF) the stitched plane is one field; where it exposes an ``M`` dimension it
 cannot stitch, each tile becomes its own field (``tile`` index in the manifest).
+
+Sources in object storage (URLs, :mod:`locatlas.remote`): PNG/JPEG planes are probed
+from the bytes already read; every other format is handed to its reader as a local
+copy (:func:`locatlas.remote.local_copy`), deleted after use. Errors name the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from locatlas import remote
 from locatlas.ingest.errors import IngestError
 from locatlas.ingest.planes import (
     TIFF_LOG,
@@ -45,6 +53,7 @@ from locatlas.ingest.planes import (
     tiff_data_end,
     tiff_log_error,
 )
+from locatlas.remote import UrlPath
 
 _BIOIO_PLUGINS = {
     "czi": ("bioio_czi", "bioio-czi"),
@@ -89,7 +98,7 @@ class SceneInfo:
 
 @dataclass(frozen=True)
 class FileInfo:
-    path: Path
+    path: Path | UrlPath
     format: str
     reader: str
     reader_version: str
@@ -601,6 +610,27 @@ def _read_image(path: Path, fmt: str) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr[:, :, :3], -1, 0)[:, None])
 
 
+# --------------------------------------------------------------------------- URLs
+
+
+@contextlib.contextmanager
+def fetched(url: UrlPath) -> Iterator[Path]:
+    """A local copy of an object for a reader that needs a real file; errors raised in
+    the block that name the copy are raised again naming the URL."""
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(remote.local_copy(url))
+        except Exception as exc:  # noqa: BLE001 - missing object, unreachable store
+            raise IngestError(url, remote.describe_error(exc), "not-found") from None
+        try:
+            yield local
+        except IngestError as exc:
+            if exc.path != str(local):
+                raise
+            reason = exc.reason.replace(str(local), str(url))
+            raise IngestError(url, reason, exc.error_type) from exc
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -623,6 +653,12 @@ def probe_file(fb: FileBytes, fmt: str, *, max_plane_pixels: int) -> FileInfo:
         Unreadable, truncated or unsupported file.
     """
     path = fb.path
+    if isinstance(path, UrlPath) and fmt not in ("png", "jpeg"):
+        with fetched(path) as local:
+            info = probe_file(
+                dataclasses.replace(fb, path=local), fmt, max_plane_pixels=max_plane_pixels
+            )
+        return dataclasses.replace(info, path=path)
     try:
         if fmt in ("png", "jpeg"):
             return _probe_image(fb, fmt, max_plane_pixels)
@@ -648,7 +684,7 @@ def probe_file(fb: FileBytes, fmt: str, *, max_plane_pixels: int) -> FileInfo:
 
 
 def read_file_field(
-    path: str | os.PathLike,
+    path: str | os.PathLike | UrlPath,
     fmt: str,
     *,
     scene: int = 0,
@@ -656,8 +692,16 @@ def read_file_field(
     tile: int = -1,
     direct_lif: bool = False,
 ) -> np.ndarray:
-    """Pixels of one field of a single-file source as (C, Z, Y, X), native dtype."""
-    path = Path(path)
+    """Pixels of one field of a single-file source as (C, Z, Y, X), native dtype.
+
+    ``path`` may be a URL: the object is read through a temporary local copy.
+    """
+    path = remote.as_path(path)
+    if isinstance(path, UrlPath):
+        with fetched(path) as local:
+            return read_file_field(
+                local, fmt, scene=scene, t_index=t_index, tile=tile, direct_lif=direct_lif
+            )
     try:
         if fmt in ("png", "jpeg"):
             return _read_image(path, fmt)

@@ -4,6 +4,9 @@ The schema (JSON Schema in YAML) is ``workflow/schemas/samplesheet.schema.yaml``
 documents every column. A sheet-level problem (unreadable file, no ``source``
 column) raises :class:`SampleSheetError`; a bad row is returned as a quarantine
 record naming the sheet, the line, the column and the problem, and the other rows go on.
+
+The sheet may be a URL (``s3://...``, read through fsspec), and its ``source`` cells may
+be URLs; a relative source is relative to the sheet's folder (or prefix).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from locatlas import remote
 from locatlas.ingest.quarantine import quarantine_record
+from locatlas.remote import UrlPath
 
 log = logging.getLogger("locatlas.ingest")
 
@@ -76,7 +81,7 @@ def _coerce(value: str, kind: str | list) -> Any:
     return value
 
 
-def _delimiter(path: Path, first_line: str) -> str:
+def _delimiter(path: Path | UrlPath, first_line: str) -> str:
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab"):
         return "\t"
@@ -131,7 +136,7 @@ def validate_values(values: dict[str, Any]) -> list[str]:
 
 
 def read_samplesheet(
-    path: str | os.PathLike,
+    path: str | os.PathLike | UrlPath,
 ) -> tuple[list[SheetRow], list[dict[str, str]], list[str]]:
     """Read and validate a sample sheet.
 
@@ -152,11 +157,18 @@ def read_samplesheet(
         The sheet is missing, unreadable, empty, lacks the ``source`` column or has
         duplicated column names.
     """
-    path = Path(path)
+    path = remote.as_path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        if isinstance(path, UrlPath):
+            text = remote.read_text(path, encoding="utf-8-sig")
+        else:
+            text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise SampleSheetError(f"sample sheet {path}: cannot read: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - an object store's own client errors
+        raise SampleSheetError(
+            f"sample sheet {path}: cannot read: {remote.describe_error(exc)}"
+        ) from None
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     if not first:
@@ -186,8 +198,11 @@ def read_samplesheet(
                 log.warning("sample sheet %s: ignoring unknown column(s) %s", path, unknown)
             continue
         src = rec[header.index("source")].strip() if len(rec) > header.index("source") else ""
-        if src and not os.path.isabs(src):
-            src = os.path.normpath(os.path.join(path.parent.absolute(), src))
+        if src and not os.path.isabs(src) and not remote.is_url(src):
+            if isinstance(path, UrlPath):
+                src = str(path.parent / src)
+            else:
+                src = os.path.normpath(os.path.join(path.parent.absolute(), src))
         where = f"{path}:{lineno}"
         if len(rec) != len(header):
             bad.append(
