@@ -32,6 +32,11 @@ demo: install
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/snakemake-report.html
 	@echo "Atlas: results/atlas/ (report.html, cells.h5ad, proteins.parquet)"
+	@# real data: the two labelled HPA v18 fields, localized by the model the demo trained
+	if [ -d ../shared/data/hpa_fields/hpa_v18 ]; then \
+	  $(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/hpa_v18.yaml && \
+	  echo "Real HPA fields: results/hpa_v18/atlas/ (report.html, labels_vs_predictions.csv)"; \
+	else echo "../shared/data is absent: the real HPA v18 fields are skipped"; fi
 
 # Unit and real-data tests on 2 workers, then the whole-workflow tests in one process
 # (they share one tiny run).

@@ -604,3 +604,49 @@ def test_cycle_from_marker_channels(tmp_path):
     pos = a.obs["cycle_position"].to_numpy()
     assert np.nanmin(pos) >= 0 and np.nanmax(pos) < 1
     assert (a.obs["cycle_phase"] == "G1").mean() > 0.3
+
+
+def test_predictions_beside_labels_ranks_the_labelled_classes(tmp_path):
+    """Per protein: mean probability and rank of each labelled class, streamed by shard."""
+    from locatlas.aggregate.labelled import predictions_beside_labels
+    from locatlas.classes import load_classes
+
+    classes = load_classes()
+    k = len(classes.slugs)
+    paths = []
+    for s, (protein, labels, hot) in enumerate([("STIM1", "6", 6), ("CCNB1", "25", 0)]):
+        n = 4
+        cells = pd.DataFrame(
+            {
+                "field_id": [f"f{s}"] * n,
+                "cell_id": np.arange(1, n + 1),
+                "protein": protein,
+                "cell_line": "U-2 OS",
+                "labels": labels,
+                "qc_pass": [True, True, True, False],
+            }
+        )
+        probs = np.full((n, k), 0.01, np.float32)
+        probs[:, hot] = 0.9
+        probs[:, 25] = np.where(hot == 0, 0.5, 0.2)
+        loc = pd.DataFrame(probs, columns=classes.prob_columns)
+        loc.insert(0, "cell_id", np.arange(1, n + 1))
+        loc.insert(0, "field_id", f"f{s}")
+        loc["lf_nuclear_fraction"] = [0.1, 0.3, np.nan, 0.9]
+        cells.to_parquet(tmp_path / f"cells-{s}.parquet")
+        loc.to_parquet(tmp_path / f"loc-{s}.parquet")
+        paths.append((tmp_path / f"cells-{s}.parquet", tmp_path / f"loc-{s}.parquet"))
+    table = predictions_beside_labels(
+        [str(c) for c, _ in paths], [str(x) for _, x in paths], classes
+    )
+    table = table.set_index("protein")
+    assert table.loc["STIM1", "labels"] == "Endoplasmic reticulum"
+    assert table.loc["STIM1", "label_rank"] == "1" and table.loc["STIM1", "n_cells"] == 3
+    assert table.loc["STIM1", "top_predictions"].startswith("Endoplasmic reticulum 0.90")
+    # CCNB1 is labelled cytosol; the model ranks nucleoplasm first, cytosol second
+    assert (
+        table.loc["CCNB1", "label_rank"] == "2" and table.loc["CCNB1", "label_mean_prob"] == "0.50"
+    )
+    assert bool(table.loc["CCNB1", "label_in_top"])
+    # the failing-QC cell is left out, NaN scores do not count
+    assert table.loc["STIM1", "lf_nuclear_fraction"] == pytest.approx(0.2)

@@ -66,3 +66,10 @@ def test_training_defaults_match_train_params():
     filled = validate_config({})["localize"]["train"]
     filled.pop("splits")
     assert TrainParams.from_any(filled) == TrainParams()
+
+
+def test_real_hpa_config_validates_and_names_its_own_results():
+    cfg = validate_config(yaml.safe_load((REPO / "config" / "hpa_v18.yaml").read_text()))
+    assert cfg["input"]["simulate"] is None and cfg["input"]["samples"]
+    assert cfg["results"] != "results" and cfg["localize"]["model"]
+    assert (REPO / cfg["input"]["samples"]).is_file()

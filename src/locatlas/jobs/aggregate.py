@@ -133,12 +133,14 @@ def run_aggregate(
     from ..localize import load_model_package
 
     _, spec = load_model_package(model_dir)
+    classes = load_classes(classes_path)
+    sections = [*sections, *_labelled_sections(cells_paths, loc_paths, classes, out_dir)]
     outputs = build_atlas(
         sorted(cells_paths),
         sorted(loc_paths),
         sorted(emb_paths),
         out_dir,
-        classes=load_classes(classes_path),
+        classes=classes,
         thresholds=_threshold_map(spec),
         params=params,
         reference=reference,
@@ -148,6 +150,30 @@ def run_aggregate(
         crop_roles=_crop_roles(crops_paths),
     )
     log.info("atlas written: %s", ", ".join(sorted(outputs)))
+
+
+def _labelled_sections(cells_paths, loc_paths, classes, out_dir) -> list[dict]:
+    """The model's calls beside the sample sheet's labels (a section and a CSV)."""
+    from ..aggregate.labelled import predictions_beside_labels
+    from ..atomic import write_text
+
+    table = predictions_beside_labels(cells_paths, loc_paths, classes)
+    if table.empty:
+        return []
+    write_text(table.to_csv(index=False), Path(out_dir) / "labels_vs_predictions.csv")
+    hits = int(table["label_in_top"].sum())
+    return [
+        {
+            "title": "Predictions beside sample-sheet labels",
+            "html": f"<p>{len(table)} labelled proteins; for {hits} every labelled class is "
+            "among the model's three most probable.</p>" + _table_html(table, max_rows=60),
+            "caption": "Per protein and cell line: the sheet's labels, the mean probability "
+            "and rank of each labelled class over the protein's cells, the model's top "
+            "classes, and label-free scores (no model: share of protein in the nucleus, "
+            "at the cell rim, in puncta, and its correlation with the reference channels). "
+            "Also in labels_vs_predictions.csv.",
+        }
+    ]
 
 
 def _threshold_map(spec: dict) -> dict[str, float] | None:

@@ -84,14 +84,18 @@ def evaluate_localization(
     cells = pd.concat([pd.read_parquet(p) for p in sorted(cells_paths)], ignore_index=True)
     loc = pd.concat([pd.read_parquet(p) for p in sorted(loc_paths)], ignore_index=True)
     df = cells.merge(loc, on=["field_id", "cell_id"], how="inner")
-    df = df[df["qc_pass"].astype(bool)].reset_index(drop=True)
+    df = df[df["qc_pass"].astype(bool)].reset_index(drop=True)  # also drops edge cells
     df["truth_labels"] = _truth_labels_for_cells(df, Path(truth_dir))
     df = df[df["truth_labels"] != ""]
     results = {}
     for split, part in df.groupby(df["split"].fillna("").astype(str)):
         probs = part[classes.prob_columns].to_numpy(np.float32)
         y = parse_labels(list(part["truth_labels"]), n_classes=len(classes))
-        ev = evaluate_predictions(probs, y, thresholds, classes, eval_classes=eval_classes)
+        # macro-F1 over the classes the model was trained on that occur in this split
+        # (a class with no cell here has no F1 to average)
+        present = set(np.flatnonzero(y.sum(axis=0) > 0).tolist())
+        scored = sorted(present & set(eval_classes)) if eval_classes else sorted(present)
+        ev = evaluate_predictions(probs, y, thresholds, classes, eval_classes=scored)
         ev["n_cells"] = int(len(part))
         ev["proteins"] = sorted(part["protein"].astype(str).unique())
         results[split or "unsplit"] = ev

@@ -126,16 +126,19 @@ PRESETS: dict[str, dict] = {
         "pixel_size_um": 0.2,
         "classes": list(CORE_CLASSES),
         "cell_lines": ["U2OS-sim"],
+        # many proteins with one small field each: what lets a model generalize to
+        # proteins it never saw is many proteins per class, not many cells of each
         "train": {
-            "plates": ["P01"],
-            "n_proteins": 24,
-            "fields_per_well": 2,
+            "plates": ["P01", "P04"],
+            "n_proteins": 192,
+            "fields_per_well": 1,
+            "shape": [640, 640],
             "multi_fraction": 0.4,
             "specials": {"level": 2, "pattern": 1, "intensity": 2, "spatial": 2},
         },
         "test": {
             "plates": ["P02"],
-            "n_proteins": 12,
+            "n_proteins": 26,
             "fields_per_well": 1,
             "multi_fraction": 0.35,
             "specials": {"level": 1, "intensity": 1, "spatial": 1},
