@@ -9,30 +9,120 @@ unchanged for ``settle_s`` seconds (a file still being written is not picked up)
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 log = logging.getLogger("locatlas.watch")
 
+#: A samples path with one of these suffixes is a sample sheet (as for ingest).
+SHEET_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
+
+
+def _stat_line(p: Path, name: str) -> str:
+    try:
+        st = p.stat()
+    except OSError:  # vanished between listing and stat (a writer's temporary)
+        return f"{name}\0gone\n"
+    return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+
+
+def _sheet_sources(sheet: Path) -> list[str]:
+    """The ``source`` cells of a sample sheet (raw text; none if it has no such column)."""
+    try:
+        text = sheet.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return []
+    delim = "\t" if sheet.suffix.lower() in (".tsv", ".tab") else ","
+    if sheet.suffix.lower() == ".txt" and "\t" in text.split("\n", 1)[0]:
+        delim = "\t"
+    lines = (ln for ln in io.StringIO(text) if ln.strip() and not ln.lstrip().startswith("#"))
+    reader = csv.reader(lines, delimiter=delim)
+    header = [c.strip() for c in next(reader, [])]
+    if "source" not in header:
+        return []
+    k = header.index("source")
+    return [rec[k].strip() for rec in reader if len(rec) > k and rec[k].strip()]
+
+
+def _sheet_files(sheet: Path) -> Iterable[tuple[Path, str]]:
+    """(file, name) for what a sheet's rows read: a source file, or the channel files of
+    an HPA stem; a source not there yet gives a 'missing' entry so that its arrival
+    counts as a change. URL sources count through the sheet's text only."""
+    from locatlas.ingest.hpa import clear_listing_cache, find_channel_files
+    from locatlas.remote import is_url
+
+    clear_listing_cache()
+    for src in _sheet_sources(sheet):
+        if is_url(src):
+            continue
+        path = Path(src) if os.path.isabs(src) else sheet.parent / src
+        if path.is_file():
+            yield path, src
+            continue
+        channels = find_channel_files(path)
+        if not channels:
+            yield path, f"{src}\0missing"
+        for files in channels.values():
+            for f in files:
+                yield f, f"{src}\0{f.name}"
+
+
+def _remote_fingerprint(url: str, h) -> None:
+    from locatlas import remote
+
+    fs, root = remote.filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        found = fs.find(root, withdirs=False, detail=True)
+    except FileNotFoundError:
+        found = {}
+    for name in sorted(found):
+        info = found[name]
+        version = next(
+            (str(info[k]) for k in ("ETag", "LastModified", "mtime", "created") if info.get(k)),
+            "",
+        )
+        h.update(f"{name}\0{info.get('size')}\0{version}\n".encode())
+
 
 def input_fingerprint(path: str | Path, *, pattern: str = "**/*") -> str:
-    """A digest of the names, sizes and modification times of every input file.
+    """A digest of the names, sizes and modification times of the input files.
 
-    For a sample sheet the sheet itself and every file below its folder count, so
-    both a new sheet row and new image files are seen.
+    * A folder: every file below it that matches ``pattern``; hidden files and folders
+      are skipped, as ingest skips them (a writer's temporaries, ``.snakemake``).
+    * A sample sheet: the sheet itself and the files its rows name (source files, the
+      channel files of HPA stems), so a new row and a new or growing image are both
+      seen, and the workflow's own outputs in the same folder are not (a sheet in the
+      working directory would otherwise see every run's results as new input).
+    * A URL (``s3://bucket/prefix/``): names, sizes and ETags of the objects below it.
+    * A path that does not exist (yet): a constant.
     """
-    path = Path(path)
-    root = path.parent if path.is_file() else path
+    from locatlas.remote import is_url
+
     h = hashlib.sha256()
-    files = [path] if path.is_file() else []
-    files += sorted(p for p in root.glob(pattern) if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if is_url(path):
+        _remote_fingerprint(str(path), h)
+        return h.hexdigest()
+    path = Path(path)
+    if path.is_file():
+        h.update(_stat_line(path, path.name).encode())
+        if path.suffix.lower() in SHEET_SUFFIXES:
+            for p, name in _sheet_files(path):
+                h.update(_stat_line(p, name).encode())
+        return h.hexdigest()
+    for p in sorted(path.glob(pattern)):
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        h.update(_stat_line(p, rel.as_posix()).encode())
     return h.hexdigest()
 
 
