@@ -313,7 +313,9 @@ def _acquire_plate(sim: Path, plate: str, like: str) -> list[str]:
     return sources
 
 
+# several workflow runs (~5 min): with the reliability tests, outside the default suite
 @pytest.mark.workflow
+@pytest.mark.reliability
 def test_watch_reruns_only_the_new_plate(tmp_path, monkeypatch):
     """Three cycles of the real loop, the real runner and the real workflow
     (config/tiny.yaml) in an empty working directory: the first cycle builds the atlas,

@@ -306,7 +306,9 @@ def _clear_example(a):
 def _watch(a):
     from .watch import watch
 
-    args = [x for x in a.snakemake_args if x != "--"]
+    args = list(a.snakemake_args)
+    if args[:1] == ["--"]:  # only the separator; a later "--" belongs to snakemake
+        args = args[1:]
     watch(
         a.samples, snakemake_args=args, workdir=a.workdir, interval_s=a.interval, settle_s=a.settle
     )

@@ -35,11 +35,14 @@ def truth_dir():
     return None
 
 
-def params_json(*keys):
-    """The config section(s) a rule passes to the CLI, as one JSON object."""
+def params_json(*keys, only=None):
+    """The config section(s) a rule passes to the CLI, as one JSON object; `only` keeps
+    the keys the rule uses, so that other keys' changes do not rerun it."""
     section = config
     for key in keys:
         section = section[key]
+    if only is not None:
+        section = {k: v for k, v in section.items() if k in only}
     return json.dumps(section, sort_keys=True)
 
 

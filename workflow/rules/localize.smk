@@ -19,7 +19,7 @@ rule train:
         mem_mb=8000,
         runtime=120,
     params:
-        cfg=params_json("localize"),
+        cfg=params_json("localize", only=("classes", "device", "train")),
     shell:
         "locatlas train --cells {input.cells} --crops {input.crops} --out-dir {output.model}"
         " --params {params.cfg:q} --threads {threads} > {log} 2>&1"

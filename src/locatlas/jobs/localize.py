@@ -137,6 +137,7 @@ def run_localize(
             batch_size=int(params.get("batch_size", 256)),
             device=params.get("device", "auto"),
             crop_um_per_px=float(attrs["um_per_px"]),
+            tta=bool(params.get("tta", False)),
         )
         lf = label_free_scores(crops, masks, channels=list(attrs["channels"]))
     else:

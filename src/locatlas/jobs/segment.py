@@ -73,7 +73,7 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
             nuclei,
             pixel_size_um=pixel,
             size_um=float(params.get("crop_size_um", 40.0)),
-            size_px=int(params.get("crop_size_px", 64)),
+            size_px=int(params.get("crop_size_px", 96)),
             cell_ids=table["cell_id"].to_numpy(),
         )
         for col in CELL_METADATA:
@@ -123,7 +123,7 @@ def run_segment(
     crops = [c for r in results for c in r[1]]
     masks = [m for r in results for m in r[2]]
     qc = [q for r in results for q in r[3]]
-    size_px = int(params.get("crop_size_px", 64))
+    size_px = int(params.get("crop_size_px", 96))
     if tables:
         cells = pd.concat(tables, ignore_index=True)
         crop_arr = np.concatenate(crops) if crops else np.zeros((0, 1, size_px, size_px), "f2")

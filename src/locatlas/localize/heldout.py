@@ -50,7 +50,7 @@ def heldout_evaluation(
     test_shape: tuple[int, int] = (1024, 1024),
     pixel_size_um: float = 0.2,
     crop_um: float = 40.0,
-    size_px: int = 64,
+    size_px: int = 96,
     params: TrainParams | dict | None = None,
     seed: int = 7,
     device: str = "cpu",
