@@ -44,7 +44,8 @@ test: install
 	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm and not reliability and not workflow" -n 2 $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m "workflow and not slow and not slurm and not reliability" $(PYTEST_ARGS)
 
-# Kill -9 / rerun / add-a-plate tests: several workflow runs (~10 min); CI runs them.
+# Kill -9 / rerun / shard kills / continuous mode adding a plate: several workflow runs
+# (17 min here on 2 cores beside other work); CI runs them.
 test-reliability: install
 	$(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
 
