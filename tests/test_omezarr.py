@@ -282,25 +282,12 @@ def test_fsspec_url_round_trip():
     assert read_labels(path, "nuclei").sum() == 3 * 40 * 50
 
 
-def test_s3_url_round_trip_on_moto(monkeypatch):
+def test_s3_url_round_trip_on_moto():
     """The same API on an S3 URL (moto's local S3 server through s3fs)."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    pytest.importorskip("s3fs")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="atlas")
+    from s3_utils import moto_s3
+
+    with moto_s3() as (_, client):
+        client.create_bucket(Bucket="atlas")
         path = field_path("s3://atlas/zarr", "P1", "B2", 1)
         data = smooth_image((1, 2, 1, 600, 300), seed=4)
         kwargs = dict(pixel_size_um=0.5, z_step_um=None, channel_roles=["nucleus", "protein"])
@@ -316,5 +303,3 @@ def test_s3_url_round_trip_on_moto(monkeypatch):
         hcs = HCS.from_zarr(zarr.open_group(store, mode="r"))
         assert hcs.n_wells == 1 and next(hcs.well_groups).ome_attributes.well.images[0].path == "1"
         assert delete_image(path) and not delete_image(path)
-    finally:
-        server.stop()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from s3_utils import moto_s3
 
 from locatlas.ingest import IngestError, build_manifest, read_field_pixels
 from locatlas.remote import UrlPath, glob_regex, is_url, list_files
@@ -76,36 +77,13 @@ def local_data(tmp_path_factory) -> Path:
 def s3(local_data):
     """moto's S3 server on 127.0.0.1 with ``local_data`` uploaded under
     ``s3://atlas-in/data/``; endpoint and credentials through the standard env vars."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    s3fs = pytest.importorskip("s3fs")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-        }.items():
-            mp.setenv(key, value)
-        # fsspec caches filesystems by arguments, not by endpoint: drop any from other tests
-        s3fs.S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3", endpoint_url=endpoint)
+    with moto_s3() as (endpoint, client):
         client.create_bucket(Bucket=BUCKET)
         for p in sorted(local_data.rglob("*")):
             if p.is_file():
                 key = f"data/{p.relative_to(local_data).as_posix()}"
                 client.upload_file(str(p), BUCKET, key)
         yield {"endpoint": endpoint, "client": client, "url": f"s3://{BUCKET}/data"}
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        mp.undo()
-        server.stop()
 
 
 def _to_url(text: str, local_root: Path, url: str) -> str:

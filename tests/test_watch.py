@@ -71,19 +71,17 @@ def _append(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def _fake_watch(samples, runner, sleep, *, cycles: int, args=()) -> list[int]:
+    """The loop with the module's settle/interval times and fakes for the run and time."""
+    return watch(samples, snakemake_args=list(args), settle_s=SETTLE, interval_s=INTERVAL,
+                 max_cycles=cycles, runner=runner, sleep=sleep)  # fmt: skip
+
+
 def test_first_cycle_always_runs(tmp_path):
     _write(tmp_path / "in/a_blue.png", b"x" * 10)
     runner = Runner(tmp_path / "in")
     clock = Clock()
-    codes = watch(
-        tmp_path / "in",
-        snakemake_args=["--cores", "1"],
-        settle_s=SETTLE,
-        interval_s=INTERVAL,
-        max_cycles=1,
-        runner=runner,
-        sleep=clock,
-    )
+    codes = _fake_watch(tmp_path / "in", runner, clock, cycles=1, args=["--cores", "1"])
     assert codes == [0]
     assert runner.args == [["--cores", "1"]]
     assert clock.calls == [SETTLE]  # waited for the input to settle, no poll after the last cycle
@@ -106,15 +104,7 @@ def test_no_rerun_when_nothing_changed(tmp_path):
     _write(tmp_path / "in/a.tif", b"x" * 10)
     runner = Runner(tmp_path / "in")
     clock = Clock()
-    codes = watch(
-        tmp_path / "in",
-        snakemake_args=[],
-        settle_s=SETTLE,
-        interval_s=INTERVAL,
-        max_cycles=5,
-        runner=runner,
-        sleep=clock,
-    )
+    codes = _fake_watch(tmp_path / "in", runner, clock, cycles=5)
     assert codes == [0]
     assert clock.calls == [SETTLE] + [INTERVAL] * 4
 
@@ -133,15 +123,7 @@ def test_growing_file_is_not_picked_up_until_it_settles(tmp_path):
         }
     )
     runner = Runner(root)
-    codes = watch(
-        root,
-        snakemake_args=[],
-        settle_s=SETTLE,
-        interval_s=INTERVAL,
-        max_cycles=2,
-        runner=runner,
-        sleep=clock,
-    )
+    codes = _fake_watch(root, runner, clock, cycles=2)
     assert codes == [0, 0]
     assert clock.calls == [SETTLE, INTERVAL, SETTLE, SETTLE, SETTLE]
     assert runner.seen[0] == {"a.tif": 10}
@@ -151,15 +133,7 @@ def test_growing_file_is_not_picked_up_until_it_settles(tmp_path):
 def test_failed_run_is_retried_next_cycle(tmp_path):
     _write(tmp_path / "in/a.tif", b"x" * 10)
     runner = Runner(tmp_path / "in", codes=[1, 0])
-    codes = watch(
-        tmp_path / "in",
-        snakemake_args=[],
-        settle_s=SETTLE,
-        interval_s=INTERVAL,
-        max_cycles=4,
-        runner=runner,
-        sleep=Clock(),
-    )
+    codes = _fake_watch(tmp_path / "in", runner, Clock(), cycles=4)
     assert codes == [1, 0]  # retried once though nothing changed, then quiet
 
 
@@ -168,15 +142,7 @@ def test_new_file_triggers_exactly_one_rerun(tmp_path):
     _write(root / "a.tif", b"x" * 10)
     clock = Clock({1: lambda: _write(root / "b.tif", b"y" * 20)})  # lands after run 1
     runner = Runner(root)
-    codes = watch(
-        root,
-        snakemake_args=[],
-        settle_s=SETTLE,
-        interval_s=INTERVAL,
-        max_cycles=5,
-        runner=runner,
-        sleep=clock,
-    )
+    codes = _fake_watch(root, runner, clock, cycles=5)
     assert codes == [0, 0]
     assert runner.seen == [{"a.tif": 10}, {"a.tif": 10, "b.tif": 20}]
 

@@ -164,16 +164,23 @@ def list_files(url: str | UrlPath, pattern: str | None = None) -> list[str]:
     """
     fs, root = filesystem(url)
     root = root.rstrip("/")
-    fs.invalidate_cache(root)
-    found = fs.find(root, withdirs=False, detail=False)
     regex = glob_regex(pattern) if pattern else None
     out = []
-    for p in found:
+    for p in find_objects(url):
         rel = p[len(root) + 1 :] if p.startswith(root + "/") else None
         if not rel or (regex is not None and not regex.match(rel)):
             continue
         out.append(_full(fs, p))
     return sorted(out)
+
+
+def find_objects(url: str | UrlPath) -> dict[str, dict]:
+    """Every object below the prefix ``url``, read fresh: its path in the filesystem
+    (no protocol) -> fsspec's info (``size``, ``ETag``/``LastModified`` or ``mtime``)."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    return fs.find(root, withdirs=False, detail=True)
 
 
 @lru_cache(maxsize=4096)

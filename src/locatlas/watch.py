@@ -9,11 +9,8 @@ unchanged for ``settle_s`` seconds (a file still being written is not picked up)
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,36 +30,23 @@ def _stat_line(p: Path, name: str) -> str:
     return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n"
 
 
-def _sheet_sources(sheet: Path) -> list[str]:
-    """The ``source`` cells of a sample sheet (raw text; none if it has no such column)."""
-    try:
-        text = sheet.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return []
-    delim = "\t" if sheet.suffix.lower() in (".tsv", ".tab") else ","
-    if sheet.suffix.lower() == ".txt" and "\t" in text.split("\n", 1)[0]:
-        delim = "\t"
-    lines = (ln for ln in io.StringIO(text) if ln.strip() and not ln.lstrip().startswith("#"))
-    reader = csv.reader(lines, delimiter=delim)
-    header = [c.strip() for c in next(reader, [])]
-    if "source" not in header:
-        return []
-    k = header.index("source")
-    return [rec[k].strip() for rec in reader if len(rec) > k and rec[k].strip()]
-
-
 def _sheet_files(sheet: Path) -> Iterable[tuple[Path, str]]:
     """(file, name) for what a sheet's rows read: a source file, or the channel files of
     an HPA stem; a source not there yet gives a 'missing' entry so that its arrival
     counts as a change. URL sources count through the sheet's text only."""
     from locatlas.ingest.hpa import clear_listing_cache, find_channel_files
+    from locatlas.ingest.samplesheet import SampleSheetError, sheet_sources
     from locatlas.remote import is_url
 
     clear_listing_cache()
-    for src in _sheet_sources(sheet):
+    try:
+        sources = sheet_sources(sheet)
+    except SampleSheetError:  # unreadable or empty for now: the sheet's own stat counts
+        return
+    for src in sources:
         if is_url(src):
             continue
-        path = Path(src) if os.path.isabs(src) else sheet.parent / src
+        path = Path(src)
         if path.is_file():
             yield path, src
             continue
@@ -75,13 +59,10 @@ def _sheet_files(sheet: Path) -> Iterable[tuple[Path, str]]:
 
 
 def _remote_fingerprint(url: str, h) -> None:
-    from locatlas import remote
+    from locatlas.remote import find_objects
 
-    fs, root = remote.filesystem(url)
-    root = root.rstrip("/")
-    fs.invalidate_cache(root)
     try:
-        found = fs.find(root, withdirs=False, detail=True)
+        found = find_objects(url)
     except FileNotFoundError:
         found = {}
     for name in sorted(found):

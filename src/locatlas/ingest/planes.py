@@ -72,6 +72,15 @@ def _is_prefix(url: UrlPath) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _object_errors(url: UrlPath) -> Iterator[None]:
+    """Any object-store error inside the block as this source's ``not-found``."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any store error is this source's problem
+        raise IngestError(url, remote.describe_error(exc), "not-found") from None
+
+
 def _read_remote_bytes(url: UrlPath, block: int) -> FileBytes:
     try:
         size, head, tail = remote.read_head_tail(url, block)
@@ -97,10 +106,8 @@ def read_all_bytes(path: str | os.PathLike | UrlPath) -> bytes:
     """Every byte of a local file or an object."""
     path = remote.as_path(path)
     if isinstance(path, UrlPath):
-        try:
+        with _object_errors(path):
             return remote.read_bytes(path)
-        except Exception as exc:  # noqa: BLE001
-            raise IngestError(path, remote.describe_error(exc), "not-found") from None
     return path.read_bytes()
 
 
@@ -161,10 +168,8 @@ def full_checksum(path: str | os.PathLike | UrlPath, *, chunk: int = 4 * MIB) ->
     """``"sha256:<hex>"`` of the whole file (or object)."""
     path = remote.as_path(path)
     if isinstance(path, UrlPath):
-        try:
+        with _object_errors(path):
             return remote.sha256(path, chunk=chunk)
-        except Exception as exc:  # noqa: BLE001
-            raise IngestError(path, remote.describe_error(exc), "not-found") from None
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

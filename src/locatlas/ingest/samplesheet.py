@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -135,6 +136,56 @@ def validate_values(values: dict[str, Any]) -> list[str]:
     return out
 
 
+def _records(path: Path | UrlPath) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every non-blank, non-comment row, the header first."""
+    try:
+        if isinstance(path, UrlPath):
+            text = remote.read_text(path, encoding="utf-8-sig")
+        else:
+            text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SampleSheetError(f"sample sheet {path}: cannot read: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - an object store's own client errors
+        raise SampleSheetError(
+            f"sample sheet {path}: cannot read: {remote.describe_error(exc)}"
+        ) from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    if not first:
+        raise SampleSheetError(f"sample sheet {path}: no header row (empty sheet)")
+    for lineno, rec in enumerate(csv.reader(lines, delimiter=_delimiter(path, first)), 1):
+        if rec and any(c.strip() for c in rec) and not rec[0].lstrip().startswith("#"):
+            yield lineno, rec
+
+
+def resolve_source(sheet: Path | UrlPath, src: str) -> str:
+    """A ``source`` cell as an absolute path or URL (relative: to the sheet's folder)."""
+    if not src or os.path.isabs(src) or remote.is_url(src):
+        return src
+    if isinstance(sheet, UrlPath):
+        return str(sheet.parent / src)
+    return os.path.normpath(os.path.join(sheet.parent.absolute(), src))
+
+
+def sheet_sources(path: str | os.PathLike | UrlPath) -> list[str]:
+    """The resolved ``source`` of every row, unvalidated (what a sheet points at).
+
+    Raises :class:`SampleSheetError` for an unreadable or empty sheet; a sheet without
+    a ``source`` column gives none.
+    """
+    path = remote.as_path(path)
+    records = _records(path)
+    header = [c.strip() for c in next(records)[1]]
+    if "source" not in header:
+        return []
+    k = header.index("source")
+    return [
+        resolve_source(path, rec[k].strip())
+        for _, rec in records
+        if len(rec) > k and rec[k].strip()
+    ]
+
+
 def read_samplesheet(
     path: str | os.PathLike | UrlPath,
 ) -> tuple[list[SheetRow], list[dict[str, str]], list[str]]:
@@ -158,30 +209,11 @@ def read_samplesheet(
         duplicated column names.
     """
     path = remote.as_path(path)
-    try:
-        if isinstance(path, UrlPath):
-            text = remote.read_text(path, encoding="utf-8-sig")
-        else:
-            text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SampleSheetError(f"sample sheet {path}: cannot read: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - an object store's own client errors
-        raise SampleSheetError(
-            f"sample sheet {path}: cannot read: {remote.describe_error(exc)}"
-        ) from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
-    if not first:
-        raise SampleSheetError(f"sample sheet {path}: no header row (empty sheet)")
-    delim = _delimiter(path, first)
-    reader = csv.reader(lines, delimiter=delim)
     header: list[str] | None = None
     schema_props = load_schema()["properties"]
     rows: list[SheetRow] = []
     bad: list[dict[str, str]] = []
-    for lineno, rec in enumerate(reader, start=1):
-        if not rec or all(not c.strip() for c in rec) or rec[0].lstrip().startswith("#"):
-            continue
+    for lineno, rec in _records(path):
         if header is None:
             header = [c.strip() for c in rec]
             dupes = sorted({c for c in header if header.count(c) > 1})
@@ -197,12 +229,8 @@ def read_samplesheet(
             if unknown:
                 log.warning("sample sheet %s: ignoring unknown column(s) %s", path, unknown)
             continue
-        src = rec[header.index("source")].strip() if len(rec) > header.index("source") else ""
-        if src and not os.path.isabs(src) and not remote.is_url(src):
-            if isinstance(path, UrlPath):
-                src = str(path.parent / src)
-            else:
-                src = os.path.normpath(os.path.join(path.parent.absolute(), src))
+        k = header.index("source")
+        src = resolve_source(path, rec[k].strip()) if len(rec) > k else ""
         where = f"{path}:{lineno}"
         if len(rec) != len(header):
             bad.append(

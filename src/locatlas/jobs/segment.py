@@ -48,6 +48,11 @@ def _segment_view(view: pd.DataFrame, *, image_name: str | None, params: dict):
         return [], [], [], qc, None
 
 
+def _crop_geometry(params: dict) -> tuple[float, int]:
+    """Crop side in µm and px (the schema's defaults when a caller leaves them out)."""
+    return float(params.get("crop_size_um", 40.0)), int(params.get("crop_size_px", 96))
+
+
 def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: dict):
     from ..omezarr import read_field_image, write_labels
     from ..segment import extract_crops, measure_cells, segment_field
@@ -58,6 +63,7 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
     pixel = float(meta["pixel_size_um"])
     nuclei_t, cells_t, tables, crops, masks, qc_rows = [], [], [], [], [], []
     seg_params = {k: v for k, v in params.items() if k not in ("crop_size_um", "crop_size_px")}
+    size_um, size_px = _crop_geometry(params)
     for rec in view.sort_values("timepoint").to_dict("records"):
         t = int(rec["timepoint"])
         # z-stacks are segmented on their maximum projection (after clearing, the haze
@@ -72,8 +78,8 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
             cells,
             nuclei,
             pixel_size_um=pixel,
-            size_um=float(params.get("crop_size_um", 40.0)),
-            size_px=int(params.get("crop_size_px", 96)),
+            size_um=size_um,
+            size_px=size_px,
             cell_ids=table["cell_id"].to_numpy(),
         )
         for col in CELL_METADATA:
@@ -123,7 +129,7 @@ def run_segment(
     crops = [c for r in results for c in r[1]]
     masks = [m for r in results for m in r[2]]
     qc = [q for r in results for q in r[3]]
-    size_px = int(params.get("crop_size_px", 96))
+    size_um, size_px = _crop_geometry(params)
     if tables:
         cells = pd.concat(tables, ignore_index=True)
         crop_arr = np.concatenate(crops) if crops else np.zeros((0, 1, size_px, size_px), "f2")
@@ -142,9 +148,9 @@ def run_segment(
         mask_arr,
         attrs={
             "channels": channels,
-            "size_um": float(params.get("crop_size_um", 40.0)),
+            "size_um": size_um,
             "size_px": size_px,
-            "um_per_px": float(params.get("crop_size_um", 40.0)) / size_px,
+            "um_per_px": size_um / size_px,
         },
     )
     write_parquet(
