@@ -20,7 +20,7 @@ period ``L``), applied in Fourier space on a mirror-padded grid (Neumann boundar
 no edge artefacts). Nesterov momentum with adaptive restart speeds this up ~10×.
 
 Speed and bounded memory come from the smoothness of the background: the
-iterations run on a grid of block means ``m ≈ L/12`` pixels wide (1/m² of the
+iterations run on a grid of block means ``m ≈ L/8`` pixels wide (1/m² of the
 image), built tile by tile, solved once, and interpolated back to full resolution
 tile by tile. Tiles need no overlap and agree with the untiled result to float
 rounding (``tests/test_clearing.py``).
@@ -73,8 +73,12 @@ MODES = ("clear", "deconvolve", "combined")
 # Order k of the smoothness penalty ‖∇^k b‖²: 2 gives a thin-plate-like
 # background that bends smoothly under large objects instead of forming tents.
 _PENALTY_ORDER = 2
-# Working grid for the background: block means about feature_scale/12 wide.
-_WORK_SAMPLES_PER_SCALE = 12.0
+# Working grid for the background: block means about feature_scale/8 wide
+# (L/12 scores 0.2-0.6 dB better on simulated widefield truth at 2.25x the cost).
+_WORK_SAMPLES_PER_SCALE = 8.0
+# Block size, in samples per feature scale, whose block-mean noise σ sets the
+# signal threshold (independent of the working grid).
+_NOISE_SAMPLES_PER_SCALE = 12.0
 # Mirror padding around the working grid, in feature scales.
 _PAD_SCALES = 1.0
 # Stop the background iterations once no coarse pixel moves by more than this
@@ -114,7 +118,8 @@ class ClearingParams:
         Residual (in robust noise σ) above which a pixel counts as signal.
     baseline_iterations : int
         Maximum half-quadratic iterations of the background estimate (stops
-        earlier once converged).
+        earlier once converged). 30 scores as well as 50 or 300 against the
+        truth of simulated widefield planes (within 0.3 dB PSNR) at 0.6× the cost.
     iterations : int
         Richardson–Lucy iterations (deconvolve/combined).
     regularization : float
@@ -134,7 +139,7 @@ class ClearingParams:
     feature_scale_z_um: float | None = None
     strength: float = 1.0
     threshold: float = 4.0
-    baseline_iterations: int = 50
+    baseline_iterations: int = 30
     iterations: int = 20
     regularization: float = 0.0
     regularizer: str = "tv"
@@ -423,24 +428,32 @@ def _solve_coarse(
     b = smooth(ypad)
     b_prev = b
     t = 1.0
+    # Work buffers reused every iteration: fresh grid-sized tensors per elementwise
+    # op cost more than the ops themselves on CPU.
+    v, z, w = torch.empty_like(b), torch.empty_like(b), torch.empty_like(b)
+    keep = torch.empty_like(b)  # 1 where the pixel is data, 0 where it is signal
+    flat_thresh = threshold * math.sqrt(max(a, var_min))
     for _ in range(int(iterations)):
         # The additive half-quadratic step is a preconditioned gradient step on
         # the cost; Nesterov momentum with gradient restart (O'Donoghue & Candès
         # 2015) cuts the iterations needed to fill large objects by ~sqrt.
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        v = b + ((t - 1.0) / t_next) * (b - b_prev)
+        torch.lerp(b, b_prev, -((t - 1.0) / t_next), out=v)  # v = b + β (b - b_prev)
         # Pixels standing more than `threshold` local noise σ above the background
         # carry no data cost (the auxiliary variable absorbs them): they are
         # replaced by the background before the quadratic (smoothing) step.
+        torch.sub(ypad, v, out=z)
         if c > 0:
-            thresh = threshold * torch.sqrt(torch.clamp(a + c * v, min=var_min))
+            torch.mul(v, c, out=w).add_(a).clamp_(min=var_min).sqrt_().mul_(threshold)
+            torch.lt(z, w, out=keep)
         else:
-            thresh = threshold * math.sqrt(max(a, var_min))
-        b_new = smooth(torch.where(ypad - v < thresh, ypad, v))
-        d = b_new - b
-        if float(torch.vdot((v - b_new).flatten(), d.flatten())) > 0:
+            torch.lt(z, flat_thresh, out=keep)
+        # lerp with a 0/1 weight is an exact select, and far faster than torch.where
+        b_new = smooth(torch.lerp(v, ypad, keep, out=z))
+        d = torch.sub(b_new, b, out=z)
+        if float(torch.vdot(torch.sub(v, b_new, out=w).flatten(), d.flatten())) > 0:
             t_next = 1.0  # restart: momentum points uphill
-        step = float(torch.amax(torch.abs(d)))
+        step = float(torch.amax(d.abs_()))
         b_prev, b, t = b, b_new, t_next
         if step < tol:
             break
@@ -513,7 +526,12 @@ class _Baseline:
             yc[:, y0 // m : -(-y1 // m), x0 // m : -(-x1 // m)] = _block_mean(inner, m)
         # One noise model for the whole image; block means of m² pixels: var / m².
         a, c, vmin = _noise_model(torch.cat(samples, dim=1))
-        noise = (a / (m * m), c / (m * m), vmin / (m * m))
+        # The signal threshold is set for block means of a fixed physical size
+        # (L/12), not for the working grid: the grid is a cost choice and must not
+        # move which structures count as signal (haze texture stands further above
+        # a smaller σ), and the threshold now varies smoothly with the pixel size.
+        ref = max(1.0, fpx / _NOISE_SAMPLES_PER_SCALE)
+        noise = (a / (ref * ref), c / (ref * ref), vmin / (ref * ref))
         self.coarse = _solve_coarse(
             yc, scales_work=scales, noise=noise, threshold=threshold, iterations=iterations
         )
@@ -592,7 +610,7 @@ def estimate_baseline(
     pixel_size_um: float,
     feature_scale_um: float,
     z_step_um: float | None = None,
-    iterations: int = 50,
+    iterations: int = 30,
     device: str = "auto",
     feature_scale_z_um: float | None = None,
     threshold: float = 4.0,
@@ -633,7 +651,7 @@ def estimate_baseline(
         Poisson–Gaussian model ``σ² = a + c·level`` fitted on the image itself.
     tile_size : int
         Lateral tile size in pixels. The image is read in tiles to build a grid
-        of block means (``m ≈ feature_scale/12`` pixels wide), the background is
+        of block means (``m ≈ feature_scale/8`` pixels wide), the background is
         solved once on that grid (``1/m²`` of the image) and interpolated back tile
         by tile: working memory is bounded and tiles are exact (no seams).
 
@@ -927,7 +945,7 @@ def clear_image(
     device: str = "auto",
     feature_scale_z_um: float | None = None,
     threshold: float = 4.0,
-    baseline_iterations: int = 50,
+    baseline_iterations: int = 30,
     regularizer: str = "tv",
     tile_size: int = 2048,
 ) -> np.ndarray:
