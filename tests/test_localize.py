@@ -520,12 +520,12 @@ def test_label_free_scores_match_patterns():
 @pytest.mark.parametrize("r", [1, 2, 3, 6, 9])
 def test_label_free_dilation_equals_square_max_pool(r):
     # the separable running max must be the square max filter, exactly, edges included
-    from locatlas.localize.labelfree import _dilate, _erode
+    from locatlas.localize.morphology import dilate, erode
 
     x = torch.rand(5, 1, 23, 31, generator=torch.Generator().manual_seed(r))
     square = torch.nn.functional.max_pool2d(x, 2 * r + 1, stride=1, padding=r)
-    assert torch.equal(_dilate(x, r), square)
-    assert torch.equal(_erode(x, r), -torch.nn.functional.max_pool2d(-x, 2 * r + 1, 1, r))
+    assert torch.equal(dilate(x, r), square)
+    assert torch.equal(erode(x, r), -torch.nn.functional.max_pool2d(-x, 2 * r + 1, 1, r))
 
 
 def test_held_out_simulated_proteins_macro_f1(tmp_path):

@@ -16,40 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from locatlas.localize.data import check_crops
+from locatlas.localize.morphology import dilate, erode
 
 REFERENCE_ROLES = ("nucleus", "microtubules", "er")
-
-
-def _max_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Running max over a window of 2r+1 along ``dim`` (-1 or -2; -inf outside).
-
-    Doubling: after j steps every sample holds the max of a window of 2^j, and two
-    overlapping windows cover any width; ~log2(2r+1) elementwise maxima in all,
-    several times faster than max_pool2d on CPU.
-    """
-    k = 2 * r + 1
-    cur = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r), value=float("-inf"))
-    w = 1
-    while 2 * w <= k:
-        n = cur.shape[dim]
-        cur = torch.maximum(cur.narrow(dim, 0, n - w), cur.narrow(dim, w, n - w))
-        w *= 2
-    n = cur.shape[dim]
-    return torch.maximum(cur.narrow(dim, 0, n - (k - w)), cur.narrow(dim, k - w, n - (k - w)))
-
-
-def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
-    """Grey dilation by a (2r+1)² square: separable, one 1D running max per axis."""
-    if r <= 0:
-        return m
-    return _max_1d(_max_1d(m, r, -1), r, -2)
-
-
-def _erode(m: torch.Tensor, r: int) -> torch.Tensor:
-    return -_dilate(-m, r)
 
 
 def _sum(x: torch.Tensor) -> torch.Tensor:
@@ -148,13 +119,13 @@ def label_free_scores(
         mean_n = _ratio(_sum(p * nuc), _sum(nuc))
         mean_c = _ratio(_sum(p * cyto), _sum(cyto))
         add("lf_nuc_cyto_log2", torch.log2(_ratio(mean_n + 1e-4, mean_c + 1e-4)))
-        band = cell - _erode(cell, rim) * cell
+        band = cell - erode(cell, rim) * cell
         add(
             "lf_rim_enrichment", _ratio(_ratio(_sum(p * band), _sum(band)), _ratio(tot, _sum(cell)))
         )
-        near = _dilate(nuc, peri) * cyto
+        near = dilate(nuc, peri) * cyto
         add("lf_perinuclear_fraction", _ratio(_sum(p * near), _sum(p * cyto)))
-        opened = _dilate(_erode(p, spot), spot)
+        opened = dilate(erode(p, spot), spot)
         add("lf_punctateness", _ratio(_sum((p - opened).clamp_min(0) * cell), tot))
         for role, ir in refs:
             add(f"lf_pearson_{role}", _pearson(p, c[:, ir : ir + 1], cell))

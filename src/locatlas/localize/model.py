@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from locatlas.localize.morphology import dilate
+
 #: Per-cell normalizations the network knows.
 NORMS = ("cell_max", "none")
 
@@ -136,7 +138,7 @@ def normalize_cells(
     """
     img = x[:, :n_image]
     if use_mask and x.shape[1] > n_image:
-        cell = F.max_pool2d(x[:, n_image : n_image + 1], 3, stride=1, padding=1)
+        cell = dilate(x[:, n_image : n_image + 1], 1)
         has = cell.amax(dim=(2, 3), keepdim=True) > 0
         cell = torch.where(has, cell, torch.ones_like(cell))
         scale = (img * cell).amax(dim=(2, 3), keepdim=True)
