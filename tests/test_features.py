@@ -232,6 +232,26 @@ def test_cell_without_nucleus_pixels_and_inputs_untouched():
     assert all(np.array_equal(a, b) for a, b in zip(before, (img, nuclei, cells), strict=True))
 
 
+def test_cell_all_nucleus_and_integer_sums_exact():
+    """A cell without cytoplasm pixels (empty segment) next to ordinary cells; integer
+    images give the same sums as their float64 copy (integer sums are exact; float
+    percentiles use lossy sort keys, so they are left out)."""
+    nuclei, cells = _two_cells()
+    cells[cells == 1] = 0
+    cells[22:42, 22:42] = 1  # cell 1 is exactly its nucleus
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60_000, size=(3, *cells.shape), dtype=np.uint16)
+    roles = ["nucleus", "er", "protein"]
+    t = measure_cells(img, nuclei, cells, roles=roles, pixel_size_um=1)
+    assert t["cytoplasm_area_um2"].iloc[0] == 0 and np.isnan(t["er_cyto_mean"].iloc[0])
+    assert t["er_nuc_mean"].iloc[0] == pytest.approx(t["er_mean"].iloc[0], rel=1e-12)
+    m = (cells == 2) & (nuclei != 2)
+    assert t["er_cyto_mean"].iloc[1] == pytest.approx(img[1][m].mean(), rel=1e-12)
+    as_float = measure_cells(img.astype(np.float64), nuclei, cells, roles=roles, pixel_size_um=1)
+    sums = [c for c in t.columns if not c.endswith(("_p05", "_p50", "_p95"))]  # float keys
+    pd.testing.assert_frame_equal(t[sums], as_float[sums], check_exact=True)
+
+
 def test_bad_input():
     nuclei, cells = _two_cells()
     img = np.zeros((2, *cells.shape))

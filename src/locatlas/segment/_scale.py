@@ -12,15 +12,40 @@ def as_float32(image: np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
+def _exact_int_blocks(dtype: np.dtype, factor: int) -> bool:
+    """Whether block sums of a ``dtype`` image are integers below 2**24, i.e. exact in
+    float32 whatever the order of the additions."""
+    if not np.issubdtype(dtype, np.integer) or dtype.itemsize > 2:
+        return False
+    info = np.iinfo(dtype)
+    return max(info.max, -int(info.min)) * factor * factor < 1 << 24
+
+
+def _int_block_sum(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block sums of a small-integer image in int32, by strided adds (~8× faster than
+    a float32 copy and reshape-sum; same values, see :func:`_exact_int_blocks`)."""
+    rows = np.add(image[0::factor], image[1::factor], dtype=np.int32)
+    for i in range(2, factor):
+        rows += image[i::factor]
+    out = rows[:, 0::factor] + rows[:, 1::factor]
+    for j in range(2, factor):
+        out += rows[:, j::factor]
+    return out
+
+
 def bin_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` × ``factor`` blocks of a (Y, X) image (edge-padded), float32."""
-    image = as_float32(image)
     if factor == 1:
-        return image
+        return as_float32(image)
     h, w = image.shape
     ph, pw = (-h) % factor, (-w) % factor
     if ph or pw:
         image = np.pad(image, ((0, ph), (0, pw)), mode="edge")
+    if _exact_int_blocks(image.dtype, factor):
+        out = _int_block_sum(image, factor).astype(np.float32)
+        out *= np.float32(1.0 / (factor * factor))
+        return out
+    image = as_float32(image)
     hb, wb = image.shape[0] // factor, image.shape[1] // factor
     # Sum in two steps over contiguous axes: cheaper than one reshape-mean on 4-D.
     out = image.reshape(hb, factor, wb * factor).sum(axis=1, dtype=np.float32)

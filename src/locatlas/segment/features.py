@@ -1,10 +1,12 @@
 """Per-cell measurements: geometry, intensities, texture, colocalization and radial
 distribution, computed for all cells at once.
 
-Every statistic is a sum over pixels grouped by cell label, so it is computed with
-``np.bincount`` over the labelled pixels (one pass per statistic for all cells)
-rather than a Python loop over regions; percentiles come from one sort of
-(label, value) keys. The feature definitions are documented in ``docs/features.md``.
+Every statistic is a sum over pixels grouped by cell label, computed for all cells
+at once rather than in a Python loop over regions: intensity sums with
+``np.add.reduceat`` over the pixels regrouped by cell (one stable sort), geometry
+from row runs, co-occurrence and radial sums with ``np.bincount``; percentiles come
+from one sort of (label, value) keys. The feature definitions are documented in
+``docs/features.md``.
 """
 
 from __future__ import annotations
@@ -134,12 +136,47 @@ class _Groups:
         out = np.bincount(self.key, weights, minlength=8 * (self.n + 1))
         return out.reshape(self.n + 1, 8).sum(axis=1, dtype=np.float64)
 
-    def subset(self, mask: np.ndarray) -> _Groups:
-        g = object.__new__(_Groups)
-        g.n = self.n
-        g.key = self.key[mask]
-        g.count = g.sum(None)
-        return g
+
+class _Segments:
+    """The labelled pixels regrouped by cell, nucleus pixels first within each cell
+    (raster order within each part), so that per-cell and per-nucleus sums are
+    ``np.add.reduceat`` over contiguous segments: ~4× faster than a weighted
+    ``np.bincount`` and no gather per subset. One stable sort, shared by all channels.
+    """
+
+    def __init__(self, idx: np.ndarray, lab: np.ndarray, in_nuc: np.ndarray, n: int):
+        part = 2 * lab + ~in_nuc  # (cell, 0 = nucleus / 1 = rest)
+        # A 16-bit key makes the stable argsort a radix sort.
+        small = part.astype(np.uint16) if 2 * (n + 1) <= 1 << 16 else part
+        order = np.argsort(small, kind="stable")
+        self.pix = idx[order]  # flat pixel index, in segment order
+        sizes = np.bincount(part, minlength=2 * (n + 1))
+        starts = np.cumsum(sizes) - sizes
+        self.count = sizes.reshape(n + 1, 2).sum(axis=1)
+        self.lab = self.repeat(np.arange(n + 1))
+        self._cell = (starts[0::2], self.count > 0)
+        self._part = (starts, sizes > 0)
+
+    @staticmethod
+    def _reduce(w: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+        # Only non-empty segments start a sum (reduceat returns w[start] for empty
+        # ones); each then runs to the next non-empty start, which is its own end.
+        out = np.zeros(starts.size)
+        if nonempty.any():
+            out[nonempty] = np.add.reduceat(w, starts[nonempty])
+        return out
+
+    def repeat(self, per_cell: np.ndarray) -> np.ndarray:
+        """A per-cell value (n + 1) for every pixel, in segment order."""
+        return np.repeat(per_cell, self.count)
+
+    def sum(self, w: np.ndarray) -> np.ndarray:
+        """Per-cell sums (n + 1) of ``w`` (values in segment order)."""
+        return self._reduce(w, *self._cell)
+
+    def sum_nucleus(self, w: np.ndarray) -> np.ndarray:
+        """Per-nucleus sums (n + 1) of ``w`` (values in segment order)."""
+        return self._reduce(w, *self._part)[0::2]
 
 
 class _Runs:
@@ -337,6 +374,33 @@ def _glcm_features(glcm: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.where(empty, np.nan, v) for k, v in feats.items()}
 
 
+def _glcm(grid: np.ndarray, lo: float, hi: float, pairs, n: int) -> np.ndarray:
+    """Symmetric co-occurrence matrices (n + 1, L, L) of a channel sampled on the texture
+    grid, quantised to ``TEXTURE_LEVELS`` levels over [lo, hi]."""
+    q_scale = np.float32(TEXTURE_LEVELS / max(float(hi - lo), 1e-12))
+    qg = grid.astype(np.float32)
+    qg -= np.float32(lo)
+    qg *= q_scale
+    np.clip(qg, 0, TEXTURE_LEVELS - 1, out=qg)
+    qg = qg.astype(np.uint8)
+    size = (n + 1) * TEXTURE_LEVELS**2
+    glcm = np.zeros(size, np.float64)
+    for sa, sb, same, base in pairs:
+        # Level pair as one byte (TEXTURE_LEVELS² <= 256), so only one array is masked.
+        code = qg[sa] * np.uint8(TEXTURE_LEVELS)
+        code += qg[sb]
+        glcm += np.bincount(base + code[same], minlength=size)
+    glcm = glcm.reshape(n + 1, TEXTURE_LEVELS, TEXTURE_LEVELS)
+    return glcm + glcm.transpose(0, 2, 1)
+
+
+def _where(mask: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.where(mask, values, 0)`` written into ``out`` (no new full-size array)."""
+    out.fill(0)
+    np.copyto(out, values, where=mask)
+    return out
+
+
 def _edge_distance(cells: np.ndarray, step: int) -> np.ndarray:
     """Distance (px) from each pixel of a cell to that cell's boundary (its border
     with the background or another cell), on a ``step``-times coarser grid."""
@@ -401,12 +465,10 @@ def measure_cells(
     if idx.size == 0:
         empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
         return empty.astype({"cell_id": "int32", "edge": "bool"})
-    g = _Groups(lab, n)
-    ids = np.flatnonzero(g.count)
-    ids = ids[ids > 0]
     ps = float(pixel_size_um)
     in_nuc = nuclei.ravel()[idx] == lab
-    gn = g.subset(in_nuc)
+    seg = _Segments(idx, lab, in_nuc, n)
+    ids = np.flatnonzero(seg.count)
     out: dict[str, np.ndarray] = {"cell_id": ids.astype(np.int32)}
 
     # --- geometry (from row runs) ------------------------------------------------------
@@ -487,24 +549,28 @@ def measure_cells(
     ring_area_frac = ring_area / np.maximum(ring_area.sum(axis=1, keepdims=True), 1)
 
     # --- intensities, texture, radial distribution per role ---------------------------
-    lab_hi16 = lab.astype(np.uint32) << 16 if n < 1 << 16 else None
+    # Pixel values are read in segment order (``seg.pix``); statistics that subsample
+    # the field read it in raster order (``idx[::k]``), as before the regrouping.
+    seg_hi16 = seg.repeat(np.arange(n + 1, dtype=np.uint32) << 16) if n < 1 << 16 else None
+    every = max(1, idx.size // 262_144)
     backgrounds: dict[str, float] = {}
     chan_values: dict[str, np.ndarray] = {}
     sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    scratch = np.empty(idx.size)  # one reused buffer for per-pixel products
     for c, role in enumerate(roles):
         channel = image[c]
-        raw = channel.ravel()[idx]
+        flat_ch = channel.ravel()
+        raw = flat_ch[seg.pix]
         v = raw.astype(np.float64)
         bg = _field_background(channel, cells)
-        s = g.sum(v)
-        s2 = g.sum(v * v)
-        v_nuc = v[in_nuc]
-        sn = gn.sum(v_nuc)
+        s = seg.sum(v)
+        s2 = seg.sum(np.multiply(v, v, out=scratch))
+        sn = seg.sum_nucleus(v)
         mean = _div(s, cnt)
         out[f"{role}_mean"] = mean[ids]
         out[f"{role}_std"] = np.sqrt(np.maximum(_div(s2, cnt) - mean**2, 0))[ids]
         out[f"{role}_integrated"] = (s - bg * cnt)[ids]
-        pct = _percentiles(lab, raw, cnt, n, PERCENTILES, lab_hi16)
+        pct = _percentiles(seg.lab, raw, cnt, n, PERCENTILES, seg_hi16)
         for q, row in zip(PERCENTILES, pct, strict=True):
             out[f"{role}_p{q:02d}"] = row[ids]
         nuc_mean = _div(sn, ncnt)
@@ -516,19 +582,8 @@ def measure_cells(
         out[f"{role}_background"] = np.full(ids.size, bg)
 
         # Texture: symmetric co-occurrence matrices on the field's robust range.
-        lo, hi = np.percentile(raw[:: max(1, raw.size // 262_144)], [0.1, 99.9])
-        q_scale = np.float32(TEXTURE_LEVELS / max(float(hi - lo), 1e-12))
-        qg = channel[::t, ::t].astype(np.float32)
-        qg -= np.float32(lo)
-        qg *= q_scale
-        np.clip(qg, 0, TEXTURE_LEVELS - 1, out=qg)
-        qg = qg.astype(np.intp)
-        glcm = np.zeros((n + 1) * TEXTURE_LEVELS**2, np.float64)
-        for sa, sb, same, base in pairs:
-            key = base + qg[sa][same] * TEXTURE_LEVELS + qg[sb][same]
-            glcm += np.bincount(key, minlength=glcm.size)
-        glcm = glcm.reshape(n + 1, TEXTURE_LEVELS, TEXTURE_LEVELS)
-        glcm = glcm + glcm.transpose(0, 2, 1)
+        lo, hi = np.percentile(flat_ch[idx[::every]], [0.1, 99.9])
+        glcm = _glcm(channel[::t, ::t], lo, hi, pairs, n)
         for name, values in _glcm_features(glcm[ids]).items():
             out[f"{role}_tex_{name}"] = values
 
@@ -549,24 +604,28 @@ def measure_cells(
 
     # --- colocalization of the protein with each reference channel --------------------
     if "protein" in roles:
+        p = roles.index("protein")
         vx = chan_values["protein"]
         sx, sxx = sums["protein"]
-        x = np.maximum(vx - backgrounds["protein"], 0)  # Manders: background-corrected
-        sxc = g.sum(x)
-        tx = otsu(vx[:: max(1, vx.size // 262_144)])
+        x = vx - backgrounds["protein"]  # Manders: background-corrected
+        np.maximum(x, 0, out=x)
+        sxc = seg.sum(x)
+        x_bright = vx > otsu(image[p].ravel()[idx[::every]])
         m = np.maximum(cnt, 1)
-        for ref in roles:
+        y = np.empty_like(x)
+        for c, ref in enumerate(roles):
             if ref == "protein":
                 continue
             vy = chan_values[ref]
             sy, syy = sums[ref]
-            cov = g.sum(vx * vy) - sx * sy / m
+            cov = seg.sum(np.multiply(vx, vy, out=scratch)) - sx * sy / m
             var = np.maximum(sxx - sx * sx / m, 0) * np.maximum(syy - sy * sy / m, 0)
             pearson = np.clip(_div(cov, np.sqrt(var)), -1, 1)
-            ty = otsu(vy[:: max(1, vy.size // 262_144)])
-            y = np.maximum(vy - backgrounds[ref], 0)
-            m1 = _div(g.sum(np.where(vy > ty, x, 0)), sxc)
-            m2 = _div(g.sum(np.where(vx > tx, y, 0)), g.sum(y))
+            ty = otsu(image[c].ravel()[idx[::every]])
+            np.subtract(vy, backgrounds[ref], out=y)
+            np.maximum(y, 0, out=y)
+            m1 = _div(seg.sum(_where(vy > ty, x, scratch)), sxc)
+            m2 = _div(seg.sum(_where(x_bright, y, scratch)), seg.sum(y))
             out[f"protein_{ref}_pearson"] = pearson[ids]
             out[f"protein_{ref}_manders_m1"] = m1[ids]
             out[f"protein_{ref}_manders_m2"] = m2[ids]
