@@ -17,6 +17,7 @@ from scipy import ndimage
 from locatlas import ROLES
 from locatlas.flatfield import (
     apply_flatfield,
+    block_mean,
     fit_flatfield,
     flatfield_for_roles,
     load_flatfield,
@@ -280,6 +281,71 @@ def test_qc_flags_blurred_empty_and_saturated_fields():
     assert focus_score(sharp[0] // 4, pixel_size_um=px) == pytest.approx(f1, rel=0.05)
     assert 0.5 < focus_score(dense[0], pixel_size_um=px) / f1 < 2
     assert signal_to_noise(np.zeros((64, 64))) == 0.0
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5, 7, 8, 9, 16])
+def test_block_mean_equals_numpy_reshape_mean_bit_for_bit(factor):
+    rng = np.random.default_rng(factor)
+    shape = (2, 7 * factor + factor // 2, 5 * factor + 1)  # remainders are cropped
+    image = (rng.random(shape) * 1000).astype(np.float32)
+    image[0, 0, 0] = np.nan
+    ny, nx = shape[1] // factor, shape[2] // factor
+    crop = image[:, : ny * factor, : nx * factor]
+    want = crop.reshape(2, ny, factor, nx, factor).mean(axis=(-3, -1))
+    got = block_mean(image, factor)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)  # NaN where numpy gives NaN
+    ints = rng.integers(0, 65536, shape, dtype=np.uint16)
+    want = ints[:, : ny * factor, : nx * factor].astype(np.float32)
+    want = want.reshape(2, ny, factor, nx, factor).mean(axis=(-3, -1))
+    np.testing.assert_array_equal(block_mean(ints, factor), want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma", "border", "tol"),
+    [
+        ((200, 150), 2.5, 0, 1e-9),
+        ((200, 150), 2.5, 20, 1e-9),
+        ((96, 80), 5.0, 10, 1e-9),
+        ((40, 9), 1.3, 0, 1e-9),
+        ((12, 7), 2.5, 1, 1e-5),  # smaller than the kernel: scipy itself, in float32
+    ],
+)
+def test_focus_laplacian_equals_scipy(shape, sigma, border, tol):
+    from locatlas.qc import _gaussian_laplace
+
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random(shape), 2) * 5e4 + rng.random(shape)
+    image = image.astype(np.float32)
+    want = ndimage.gaussian_laplace(image.astype(np.float64), sigma, mode="reflect")
+    want = want[border : shape[0] - border, border : shape[1] - border]
+    got = _gaussian_laplace(image, sigma, border=border)
+    assert got.shape == want.shape
+    # equal up to an additive constant; the output is a small difference of large
+    # sums, so compare to its own scale
+    got, want = got - got.mean(), want - want.mean()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_focus_score_of_a_constant_plane_is_zero():
+    # no structure at all: the energy ratio is 0/0, reported as 0 (not rounding noise)
+    for value in (0, 100, 65535):
+        assert focus_score(np.full((512, 512), value, np.uint16), pixel_size_um=0.2) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("offset", "dtype"), [(0.0, np.uint16), (100.0, np.uint16), (3.0, np.uint8)]
+)
+def test_flatfield_in_row_blocks_equals_whole_image(offset, dtype):
+    from locatlas.normalize import _flatfield_to_dtype, _to_dtype
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, np.iinfo(dtype).max, (3, 2, 301, 517), endpoint=True).astype(dtype)
+    flat = (0.5 + rng.random((3, 301, 517))).astype(np.float32)
+    want = _to_dtype(apply_flatfield(image, flat, offset=offset), dtype)
+    got = _flatfield_to_dtype(image, flat, offset=offset, dtype=np.dtype(dtype))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
 
 
 # ----------------------------------------------------------------------------- shards

@@ -60,6 +60,22 @@ def test_field_path_layout():
     assert field_path("s3://bkt/z/", "plate 7", "aa12", 3) == "s3://bkt/z/plate-7.ome.zarr/AA/12/3"
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint32])
+@pytest.mark.parametrize("shape", [(3, 2, 301, 517), (1, 1), (2, 5, 1)])
+def test_downsample_mean2_rounds_half_up_exactly(dtype, shape):
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    image = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    y, x = shape[-2:]
+    pad = [(0, 0)] * (len(shape) - 2) + [(0, y % 2), (0, x % 2)]
+    wide = np.pad(image, pad, mode="edge").astype(np.int64)
+    total = wide[..., 0::2, 0::2] + wide[..., 1::2, 0::2] + wide[..., 0::2, 1::2]
+    want = (total + wide[..., 1::2, 1::2] + 2) // 4
+    got = downsample_mean2(image)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+
+
 def test_round_trip_pyramid_units_and_chunks(tmp_path):
     data = smooth_image((2, 3, 2, 600, 1100), seed=1)
     path = field_path(str(tmp_path), "P1", "B5", 1)

@@ -41,14 +41,37 @@ __all__ = [
 
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor × factor`` blocks of the last two axes (remainder cropped)."""
+    """Mean over ``factor × factor`` blocks of the last two axes (remainder cropped),
+    in float32."""
     if factor <= 1:
         return image.astype(np.float32, copy=False)
     y, x = image.shape[-2:]
     ny, nx = y // factor, x // factor
     crop = image[..., : ny * factor, : nx * factor].astype(np.float32, copy=False)
+    if factor < 8:
+        return _strided_block_mean(crop, factor)
     shape = (*image.shape[:-2], ny, factor, nx, factor)
     return crop.reshape(shape).mean(axis=(-3, -1))
+
+
+def _strided_block_mean(crop: np.ndarray, factor: int) -> np.ndarray:
+    """``crop.reshape(..., ny, f, nx, f).mean(axis=(-3, -1))`` for f < 8, ~10x faster.
+
+    numpy reduces two short axes slowly. It sums each block row left to right, then
+    the rows top to bottom (its pairwise summation starts at 8 terms): the same
+    additions in the same order give the same float32 result bit for bit.
+    """
+    total = None
+    for i in range(factor):
+        row = crop[..., i::factor, 0::factor].copy()
+        for j in range(1, factor):
+            row += crop[..., i::factor, j::factor]
+        if total is None:
+            total = row
+        else:
+            total += row
+    total /= np.float32(factor * factor)
+    return total
 
 
 def poly_basis(coords: np.ndarray, n: int, degree: int) -> np.ndarray:

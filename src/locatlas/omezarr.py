@@ -178,15 +178,12 @@ def downsample_mean2(image: np.ndarray) -> np.ndarray:
         pad = [(0, 0)] * (image.ndim - 2) + [(0, y % 2), (0, x % 2)]
         image = np.pad(image, pad, mode="edge")
     if np.issubdtype(image.dtype, np.integer):
-        # 4 values of up to 16 bits fit in uint32 (twice as fast as int64)
-        wide = np.uint32 if image.dtype.itemsize <= 2 and image.dtype.kind == "u" else np.int64
-        acc = image[..., 0::2, 0::2].astype(wide)
-        acc += image[..., 1::2, 0::2]
-        acc += image[..., 0::2, 1::2]
-        acc += image[..., 1::2, 1::2]
-        acc += 2
-        acc //= 4
-        return acc.astype(image.dtype)
+        out = np.empty((*image.shape[:-2], image.shape[-2] // 2, image.shape[-1] // 2), image.dtype)
+        # A few rows at a time: the wide sums stay in the CPU cache (1.5x faster).
+        rows = max(1, 2**16 // max(1, out[..., 0, :].size))
+        for y0 in range(0, out.shape[-2], rows):
+            out[..., y0 : y0 + rows, :] = _mean2_int(image[..., 2 * y0 : 2 * (y0 + rows), :])
+        return out
     out = (
         image[..., 0::2, 0::2].astype(np.float64)
         + image[..., 1::2, 0::2]
@@ -194,6 +191,19 @@ def downsample_mean2(image: np.ndarray) -> np.ndarray:
         + image[..., 1::2, 1::2]
     ) / 4
     return out.astype(image.dtype)
+
+
+def _mean2_int(image: np.ndarray) -> np.ndarray:
+    """2x2 mean of an even-sized integer image, rounded half up, same dtype."""
+    # 4 values of up to 16 bits fit in uint32 (twice as fast as int64)
+    wide = np.uint32 if image.dtype.itemsize <= 2 and image.dtype.kind == "u" else np.int64
+    acc = image[..., 0::2, 0::2].astype(wide)
+    acc += image[..., 1::2, 0::2]
+    acc += image[..., 0::2, 1::2]
+    acc += image[..., 1::2, 1::2]
+    acc += 2
+    acc //= 4
+    return acc.astype(image.dtype)
 
 
 def downsample_nearest2(labels: np.ndarray) -> np.ndarray:

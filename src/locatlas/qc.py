@@ -14,10 +14,11 @@ works for 8-bit, 12-bit and 16-bit data:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from .flatfield import block_mean
 
@@ -30,6 +31,62 @@ _SAMPLE_PX = 256
 def _subsample(plane: np.ndarray) -> np.ndarray:
     step = max(1, max(plane.shape[-2:]) // _SAMPLE_PX)
     return plane[..., ::step, ::step]
+
+
+def _gaussian_kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """scipy.ndimage's truncated Gaussian and its 2nd derivative (order 0 and 2)."""
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 / sigma**2 * x**2)
+    g /= g.sum()
+    return g, (x**2 / sigma**4 - 1.0 / sigma**2) * g
+
+
+@functools.lru_cache(maxsize=8)
+def _laplace_spectrum(shape: tuple[int, int], sigma: float, radius: int) -> np.ndarray:
+    """rfft2 of the 2-D kernel ``G''(y) G(x) + G(y) G''(x)`` on a ``shape`` grid.
+
+    The kernels are symmetric, so the spectrum is real (the imaginary part is
+    rounding noise and dropped).
+    """
+    g, d2 = _gaussian_kernels(sigma, radius)
+
+    def spectrum(kernel: np.ndarray, n: int, transform) -> np.ndarray:
+        wrapped = np.zeros(n)
+        wrapped[np.arange(-radius, radius + 1) % n] = kernel  # centred on index 0
+        return transform(wrapped).real
+
+    gy, d2y = spectrum(g, shape[0], fft.fft), spectrum(d2, shape[0], fft.fft)
+    gx, d2x = spectrum(g, shape[1], fft.rfft), spectrum(d2, shape[1], fft.rfft)
+    return np.outer(d2y, gx) + np.outer(gy, d2x)
+
+
+def _gaussian_laplace(image: np.ndarray, sigma: float, border: int = 0) -> np.ndarray:
+    """``ndimage.gaussian_laplace(image, sigma, mode="reflect")`` without its outer
+    ``border`` pixels, up to an additive constant (its response to the image mean,
+    which the variance ignores). float64; float32 for images smaller than the kernel.
+
+    One 2-D FFT with scipy's truncated kernels instead of four separable float32
+    passes: 3-5x faster at these sizes and more precise.
+    """
+    radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4
+    if min(image.shape) <= radius:  # reflected more than once: leave it to scipy
+        out = ndimage.gaussian_laplace(image, sigma=sigma, mode="reflect")
+        return out[border : out.shape[0] - border, border : out.shape[1] - border]
+    # Subtracting the mean keeps the FFT's rounding (relative to its largest term)
+    # far below the fine structure, and gives exactly 0 for a constant image.
+    # Reflect-pad (scipy's "reflect" is numpy's "symmetric") just enough that the
+    # circular convolution never wraps into the pixels returned.
+    pad = max(0, radius - border)
+    centred = image.astype(np.float64)
+    centred -= centred.mean()
+    padded = np.pad(centred, pad, mode="symmetric")
+    shape = tuple(fft.next_fast_len(n, real=True) for n in padded.shape)
+    spectrum = fft.rfft2(padded, shape)
+    spectrum *= _laplace_spectrum(shape, float(sigma), radius)
+    out = fft.irfft2(spectrum, shape)
+    y, x = image.shape
+    start = pad + border
+    return out[start : start + y - 2 * border, start : start + x - 2 * border]
 
 
 def focus_score(
@@ -47,24 +104,22 @@ def focus_score(
     The plane is block-averaged first so that σ is 2-4 px: the cost is the same for
     any pixel size and pixel noise is ignored.
     """
-    plane = np.asarray(plane, dtype=np.float32)
     sigma_px = scale_um / pixel_size_um
     factor = max(1, int(sigma_px // 2))
-    small = block_mean(plane, factor)
+    small = block_mean(np.asarray(plane), factor)
     sigma = sigma_px / factor
     if min(small.shape) < 3:
         return math.nan  # a line (e.g. an xz scan's y = 1): no 2-D focus to measure
-    fine = ndimage.gaussian_laplace(small, sigma=sigma, mode="reflect") * np.float32(sigma**2)
     # The coarse scale is smooth: measure it on a 2x coarser grid (8x cheaper).
     coarser = block_mean(small, 2) if ratio >= 2 and min(small.shape) >= 16 else small
     step = small.shape[0] // coarser.shape[0]
     coarse_sigma = sigma * ratio / step
-    coarse = ndimage.gaussian_laplace(coarser, sigma=coarse_sigma, mode="reflect")
-    coarse *= np.float32(coarse_sigma**2)
     # Reflected edges create structure that is not in the sample: drop a 2σ' border.
     b = int(np.ceil(2 * coarse_sigma))
-    if min(coarse.shape) > 4 * b + 8:
-        fine, coarse = fine[b * step : -b * step, b * step : -b * step], coarse[b:-b, b:-b]
+    if min(coarser.shape) <= 4 * b + 8:
+        b = 0
+    fine = _gaussian_laplace(small, sigma, border=b * step) * sigma**2
+    coarse = _gaussian_laplace(coarser, coarse_sigma, border=b) * coarse_sigma**2
     denom = float(coarse.var())
     return float(fine.var() / denom) if denom > 0 else 0.0
 
@@ -80,10 +135,11 @@ def noise_sigma(plane: np.ndarray) -> float:
 
     Uses a central crop of at most 512² full-resolution pixels.
     """
-    plane = np.asarray(plane, dtype=np.float32)
+    plane = np.asarray(plane)
     y, x = plane.shape[-2:]
     cy, cx = max(0, (y - _SAMPLE_PX) // 2), max(0, (x - _SAMPLE_PX) // 2)
-    crop = plane[..., cy : cy + _SAMPLE_PX, cx : cx + _SAMPLE_PX]
+    # crop first: converting the whole plane to float32 costs more than the statistic
+    crop = plane[..., cy : cy + _SAMPLE_PX, cx : cx + _SAMPLE_PX].astype(np.float32)
     d = np.diff(crop, axis=-1)
     return float(np.median(np.abs(d - np.median(d))) * 1.4826 / np.sqrt(2.0))
 
