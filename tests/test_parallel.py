@@ -1,0 +1,41 @@
+"""Parallelism inside a shard job: order of results, and one kernel thread per field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from locatlas.parallel import map_ordered
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _kernel_threads(_: int) -> int:
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("backend", ["serial", "threads", "processes"])
+def test_results_come_back_in_input_order(backend):
+    assert map_ordered(_square, range(20), workers=3, backend=backend) == [x * x for x in range(20)]
+
+
+def test_parallel_fields_get_one_kernel_thread_each():
+    # snakemake exports OMP_NUM_THREADS={threads}: without the limit every field in
+    # flight would start that many OpenMP threads too (threads² on threads cores)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert map_ordered(_kernel_threads, range(4), workers=2, backend="threads") == [1] * 4
+        assert map_ordered(_kernel_threads, range(4), workers=2, backend="processes") == [1] * 4
+        assert torch.get_num_threads() == 2  # restored for the rest of the job
+        # one field at a time keeps the job's threads for its kernels
+        assert map_ordered(_kernel_threads, range(2), workers=1, backend="threads") == [2] * 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend"):
+        map_ordered(_square, range(3), workers=2, backend="mpi")
