@@ -524,12 +524,13 @@ class _Baseline:
             samples.append(_noise_samples(blk, rows, xv).cpu())
             inner = blk[:, y0 - hy0 : y1 - hy0, x0 - hx0 : x1 - hx0]
             yc[:, y0 // m : -(-y1 // m), x0 // m : -(-x1 // m)] = _block_mean(inner, m)
-        # One noise model for the whole image; block means of m² pixels: var / m².
+        # One noise model for the whole image, fitted at full resolution.
         a, c, vmin = _noise_model(torch.cat(samples, dim=1))
-        # The signal threshold is set for block means of a fixed physical size
-        # (L/12), not for the working grid: the grid is a cost choice and must not
-        # move which structures count as signal (haze texture stands further above
-        # a smaller σ), and the threshold now varies smoothly with the pixel size.
+        # The signal threshold is that of block means of a fixed physical size
+        # (L/12: var / ref²), not of the working grid's m² blocks: the grid is a cost
+        # choice and must not move which structures count as signal (haze texture
+        # stands further above a smaller σ), and the threshold varies smoothly with
+        # the pixel size instead of jumping with the integer m.
         ref = max(1.0, fpx / _NOISE_SAMPLES_PER_SCALE)
         noise = (a / (ref * ref), c / (ref * ref), vmin / (ref * ref))
         self.coarse = _solve_coarse(
