@@ -45,7 +45,7 @@ test: install
 	$(BIN)/python -m pytest -m "workflow and not slow and not slurm and not reliability" $(PYTEST_ARGS)
 
 # Kill -9 / rerun / shard kills / continuous mode adding a plate: several workflow runs
-# (17 min here on 2 cores beside other work); CI runs them.
+# (12 min here on 2 cores); CI runs them.
 test-reliability: install
 	$(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
 
