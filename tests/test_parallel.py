@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -34,6 +38,21 @@ def test_parallel_fields_get_one_kernel_thread_each():
         assert map_ordered(_kernel_threads, range(2), workers=1, backend="threads") == [2] * 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_torch_loaded_by_a_field_gets_one_thread_too():
+    # jobs import torch lazily, inside the per-field function (clearing, cellpose)
+    code = (
+        "from locatlas.parallel import map_ordered\n"
+        "def threads(_):\n"
+        "    import torch\n"
+        "    return torch.get_num_threads()\n"
+        "print(*map_ordered(threads, range(4), workers=2, backend='threads'))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"] * 4
 
 
 def test_unknown_backend_is_refused():

@@ -245,22 +245,6 @@ def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return image.astype(dtype)
 
 
-_FLAT_PLANES: dict[int, tuple[Any, tuple, np.ndarray]] = {}
-
-
-def _flatfield_planes(flatfield: Any, roles: Sequence[str], shape: tuple[int, ...]) -> np.ndarray:
-    """:func:`flatfield_for_roles`, cached per flat-field object: every field of a
-    plate uses the same one, and stacking it costs as much as applying it."""
-    key = (tuple(roles), tuple(shape))
-    hit = _FLAT_PLANES.get(id(flatfield))
-    if hit is not None and hit[0] is flatfield and hit[1] == key:
-        return hit[2]
-    planes = flatfield_for_roles(flatfield, list(roles), shape)
-    _FLAT_PLANES.clear()  # one plate at a time: keep one flat-field, not one per plate
-    _FLAT_PLANES[id(flatfield)] = (flatfield, key, planes)
-    return planes
-
-
 def _flatfield_to_dtype(
     image: np.ndarray, flatfield: np.ndarray, *, offset: float, dtype: np.dtype
 ) -> np.ndarray:
@@ -410,7 +394,7 @@ def prepare_field(
     dtype = image.dtype
     applied = False
     if flatfield is not None:
-        ff = _flatfield_planes(flatfield, roles, image.shape[-2:])
+        ff = flatfield_for_roles(flatfield, roles, image.shape[-2:])
         image = _flatfield_to_dtype(image, ff, offset=p["flatfield_offset"], dtype=dtype)
         applied = True
     size = float(pixel_size_um)

@@ -73,17 +73,24 @@ def single_threaded_kernels() -> Iterator[None]:
     in flight, each torch kernel would also start that many OpenMP threads: threads²
     busy threads on ``threads`` cores, and OpenMP's spin-waiting burns the excess
     (measured: the clear job used 1.9x the CPU time, and ran slower, at 2 threads).
+    A torch already loaded is set to one thread and restored after; one that a field
+    loads reads the environment, set to one thread for the duration, and keeps it.
     """
+    env = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+        if torch is not None:
+            torch.set_num_threads(before)
 
 
 def _single_threaded_worker() -> None:

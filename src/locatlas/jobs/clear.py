@@ -92,8 +92,6 @@ def run_clear(normalize_receipt: str, receipt: str, *, params: dict, threads: in
     view_paths = sorted(set(fields["zarr_path"]))
     enabled = bool(params.get("enabled", True))
     if enabled:
-        from .. import clearing  # noqa: F401  (torch loaded before the workers start)
-
         map_ordered(
             partial(_clear_one, params=params),
             [{"zarr_path": p} for p in view_paths],

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._scale import bin_mean, robust_range
+from .features import LabelRuns
 
 
 def _resample(channel: np.ndarray, ratio: float) -> np.ndarray:
@@ -35,27 +36,6 @@ def _resample_labels(labels: np.ndarray, ratio: float, shape: tuple[int, int]) -
     ys = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
     xs = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
     return labels[ys[:, None], xs[None, :]]
-
-
-def _label_sums(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel count and sums of the y and x coordinates of every label (background
-    included), from the horizontal runs of equal labels: ~100× fewer elements than
-    pixels, and sums of integer coordinates are exact in any order."""
-    h, w = cells.shape
-    flat = cells.ravel()
-    first = np.empty(flat.size, bool)
-    first[:1] = True
-    np.not_equal(flat[1:], flat[:-1], out=first[1:])
-    first[:: max(w, 1)] = True  # every row starts a run
-    start = np.flatnonzero(first)
-    length = np.diff(np.r_[start, flat.size])
-    lab = flat[start]
-    y, x0 = np.divmod(start, w)
-    counts = np.bincount(lab, length).astype(np.int64)
-    sum_y = np.bincount(lab, y * length, minlength=counts.size)
-    # x0 + (x0 + 1) + ... + (x0 + length - 1)
-    sum_x = np.bincount(lab, (2 * x0 + length - 1) * length // 2, minlength=counts.size)
-    return counts, sum_y, sum_x
 
 
 def extract_crops(
@@ -106,7 +86,8 @@ def extract_crops(
         raise ValueError("extract_crops: pixel_size_um, size_um and size_px must be > 0")
     size_px = int(size_px)
     n_ch = image.shape[0]
-    counts, sum_y, sum_x = _label_sums(cells)
+    # areas and centroids (full-resolution px) from the row runs of the labels
+    counts, cy, cx = LabelRuns.of(cells).moments()[:3]
     if cell_ids is None:
         cell_ids = np.flatnonzero(counts)
         cell_ids = cell_ids[cell_ids > 0]
@@ -119,10 +100,6 @@ def extract_crops(
     if cell_ids.min() < 1 or cell_ids.max() >= counts.size or (counts[cell_ids] == 0).any():
         missing = [int(k) for k in cell_ids if k < 1 or k >= counts.size or counts[k] == 0]
         raise ValueError(f"extract_crops: cell ids not in the label image: {missing[:10]}")
-
-    # Centroids (full-resolution px).
-    cy = sum_y / np.maximum(counts, 1)
-    cx = sum_x / np.maximum(counts, 1)
 
     ratio = pixel_size_um * size_px / size_um  # output px per input px
     half = size_px // 2

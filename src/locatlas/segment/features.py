@@ -153,7 +153,7 @@ class _Segments:
         sizes = np.bincount(part, minlength=2 * (n + 1))
         starts = np.cumsum(sizes) - sizes
         self.count = sizes.reshape(n + 1, 2).sum(axis=1)
-        self.lab = self.repeat(np.arange(n + 1))
+        self.lab = np.repeat(np.arange(n + 1), self.count)  # label of every pixel
         self._cell = (starts[0::2], self.count > 0)
         self._part = (starts, sizes > 0)
 
@@ -166,10 +166,6 @@ class _Segments:
             out[nonempty] = np.add.reduceat(w, starts[nonempty])
         return out
 
-    def repeat(self, per_cell: np.ndarray) -> np.ndarray:
-        """A per-cell value (n + 1) for every pixel, in segment order."""
-        return np.repeat(per_cell, self.count)
-
     def sum(self, w: np.ndarray) -> np.ndarray:
         """Per-cell sums (n + 1) of ``w`` (values in segment order)."""
         return self._reduce(w, *self._cell)
@@ -179,10 +175,17 @@ class _Segments:
         return self._reduce(w, *self._part)[0::2]
 
 
-class _Runs:
+class LabelRuns:
     """Horizontal runs of consecutive pixels of one label (raster order), sorted by
     label: geometry (moments, bounding boxes, convex hulls) is computed from the
     ~100× fewer runs instead of the pixels."""
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> LabelRuns:
+        """The runs of every label > 0 of a (Y, X) label image."""
+        flat = labels.ravel()
+        idx = np.flatnonzero(flat)
+        return cls(idx, flat[idx], labels.shape[1], int(flat.max(initial=0)))
 
     def __init__(self, idx: np.ndarray, lab: np.ndarray, width: int, n: int):
         self.n = n
@@ -192,7 +195,7 @@ class _Runs:
         brk[1:] |= idx[1:] != idx[:-1] + 1
         brk[1:] |= idx[1:] % width == 0
         starts = np.flatnonzero(brk)
-        ends = np.r_[starts[1:] - 1, idx.size - 1]
+        ends = np.r_[starts[1:], idx.size][: starts.size] - 1  # (none for no pixels)
         run_lab = lab[starts]
         order = np.argsort(run_lab, kind="stable")
         self.lab = run_lab[order]
@@ -472,8 +475,8 @@ def measure_cells(
     out: dict[str, np.ndarray] = {"cell_id": ids.astype(np.int32)}
 
     # --- geometry (from row runs) ------------------------------------------------------
-    runs = _Runs(idx, lab, width, n)
-    nruns = _Runs(idx[in_nuc], lab[in_nuc], width, n)
+    runs = LabelRuns(idx, lab, width, n)
+    nruns = LabelRuns(idx[in_nuc], lab[in_nuc], width, n)
     cnt, cy, cx, myy, mxx, mxy = runs.moments()
     ncnt, ncy, ncx, nmyy, nmxx, nmxy = nruns.moments()
     major, minor, ecc, orient = _ellipse(myy, mxx, mxy)
@@ -551,7 +554,7 @@ def measure_cells(
     # --- intensities, texture, radial distribution per role ---------------------------
     # Pixel values are read in segment order (``seg.pix``); statistics that subsample
     # the field read it in raster order (``idx[::k]``), as before the regrouping.
-    seg_hi16 = seg.repeat(np.arange(n + 1, dtype=np.uint32) << 16) if n < 1 << 16 else None
+    seg_hi16 = seg.lab.astype(np.uint32) << 16 if n < 1 << 16 else None
     every = max(1, idx.size // 262_144)
     backgrounds: dict[str, float] = {}
     chan_values: dict[str, np.ndarray] = {}
