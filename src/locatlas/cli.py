@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .allocator import keep_freed_memory
     from .jobs.common import setup_logging
+
+    keep_freed_memory()  # before the first field's arrays
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     handler = _HANDLERS[args.command]

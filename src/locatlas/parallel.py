@@ -95,6 +95,9 @@ def single_threaded_kernels() -> Iterator[None]:
 
 def _single_threaded_worker() -> None:
     # a worker process runs one field at a time: its kernels get one thread each
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # a spawned worker does not inherit the parent's allocator settings
     os.environ["OMP_NUM_THREADS"] = "1"
     torch = sys.modules.get("torch")
     if torch is not None:
