@@ -35,6 +35,7 @@ from locatlas.localize import (
 )
 from locatlas.localize.data import augment
 from locatlas.localize.losses import arcface_loss, asymmetric_loss, bce_loss
+from locatlas.localize.model import fuse_for_inference
 from locatlas.localize.toy import PATTERNS, toy_cells
 
 CLASSES = load_classes()
@@ -161,6 +162,29 @@ def test_model_shapes_embedding_norm_and_channels_last():
     torch.testing.assert_close(logits, lo3, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="norm"):
         NetConfig(in_roles=("protein",), n_classes=3, norm="zscore")
+
+
+def test_inference_copy_folds_batch_norms_without_changing_outputs():
+    cfg = NetConfig(in_roles=("nucleus", "protein"), n_classes=28, **TINY)
+    net = LocalizationNet(cfg)
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():  # trained-looking statistics, not the identity of a fresh net
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen))
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=gen))
+            m.bias.data.copy_(torch.randn(n, generator=gen))
+    net.train()
+    fused = fuse_for_inference(net)
+    assert net.training  # the caller's model is untouched
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    x = torch.rand(6, cfg.in_channels, 32, 32, generator=gen)
+    with torch.no_grad():
+        lo, emb = net.eval()(x)
+        lo_f, emb_f = fused(x)
+    torch.testing.assert_close(lo_f, lo, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(emb_f, emb, atol=1e-4, rtol=1e-4)
 
 
 def test_asymmetric_loss_reduces_to_bce_and_focuses():

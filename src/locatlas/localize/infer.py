@@ -11,7 +11,7 @@ import torch
 
 from locatlas.classes import ClassList
 from locatlas.localize.data import channel_indices, check_crops, rescale_tensors
-from locatlas.localize.model import LocalizationNet
+from locatlas.localize.model import LocalizationNet, fuse_for_inference
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -78,34 +78,28 @@ def forward_batches(
     logits = np.empty((n, k), dtype=np.float32)
     emb = np.empty((n, d), dtype=np.float32)
     fmt = torch.channels_last
-    was_training = model.training
-    model.eval()
+    # batch norms folded into a copy: the caller's (possibly training) model is untouched
+    net = fuse_for_inference(model).to(memory_format=fmt)
     index = list(index)
-    try:
-        with torch.inference_mode(), _autocast(device, precision):
-            for a in range(0, n, batch_size):
-                sel = slice(a, min(a + batch_size, n))
-                if rows is None:
-                    c = np.asarray(crops[sel])
-                    m = np.asarray(masks[sel])
-                else:
-                    r = rows[sel]
-                    c = np.asarray(crops[r])
-                    m = np.asarray(masks[r])
-                img = torch.from_numpy(np.ascontiguousarray(c[:, index], dtype=np.float32))
-                msk = torch.from_numpy(m.astype(np.float32))
-                if rescale is not None:
-                    img, msk = rescale_tensors(img, msk, **rescale)
-                x = torch.cat([img, msk], 1) if model.config.use_masks else img
-                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                if tta:
-                    lo, e = _tta_forward(model, x)
-                else:
-                    lo, e = model(x)
-                logits[sel] = lo.float().cpu().numpy()
-                emb[sel] = e.float().cpu().numpy()
-    finally:
-        model.train(was_training)
+    with torch.inference_mode(), _autocast(device, precision):
+        for a in range(0, n, batch_size):
+            sel = slice(a, min(a + batch_size, n))
+            if rows is None:
+                c = np.asarray(crops[sel])
+                m = np.asarray(masks[sel])
+            else:
+                r = rows[sel]
+                c = np.asarray(crops[r])
+                m = np.asarray(masks[r])
+            img = torch.from_numpy(np.ascontiguousarray(c[:, index], dtype=np.float32))
+            msk = torch.from_numpy(m.astype(np.float32))
+            if rescale is not None:
+                img, msk = rescale_tensors(img, msk, **rescale)
+            x = torch.cat([img, msk], 1) if model.config.use_masks else img
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            lo, e = _tta_forward(net, x) if tta else net(x)
+            logits[sel] = lo.float().cpu().numpy()
+            emb[sel] = e.float().cpu().numpy()
     return logits, emb
 
 
