@@ -1026,8 +1026,8 @@ def clear_image(
         out = np.empty(base.stack.shape, dtype=np.float32)
         with torch.no_grad():
             for y0, y1, x0, x1 in base.tiles():
-                t = base.load(y0, y1, x0, x1) - float(strength) * base.tile(y0, y1, x0, x1)
-                out[:, y0:y1, x0:x1] = t.clamp_min(0).cpu().numpy()
+                t = torch.sub(base.load(y0, y1, x0, x1), base.tile(y0, y1, x0, x1), alpha=strength)
+                out[:, y0:y1, x0:x1] = t.clamp_min_(0).cpu().numpy()
         return out.reshape(img.shape)
     b = estimate_baseline(img, **bkw)
     # combined: in-focus PSF per plane, haze as the known background
