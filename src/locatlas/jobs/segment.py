@@ -53,6 +53,13 @@ def _crop_geometry(params: dict) -> tuple[float, int]:
     return float(params.get("crop_size_um", 40.0)), int(params.get("crop_size_px", 96))
 
 
+def _label_stack(planes: list[np.ndarray]) -> np.ndarray:
+    """(t, 1, Y, X) uint32 labels of the time points: the int32 labels (>= 0) are
+    reinterpreted, not converted, and one time point is not copied."""
+    stack = planes[0][None] if len(planes) == 1 else np.stack(planes)
+    return stack.astype(np.int32, copy=False)[:, None].view(np.uint32)
+
+
 def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: dict):
     from ..omezarr import read_field_image, write_labels
     from ..segment import extract_crops, measure_cells, segment_field
@@ -99,9 +106,13 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
                 "flags": ";".join(map(str, flags)),
             }
         )
-    write_labels(path, "nuclei", np.stack(nuclei_t)[:, None])
-    write_labels(path, "cells", np.stack(cells_t)[:, None])
+    write_labels(path, "nuclei", _label_stack(nuclei_t))
+    write_labels(path, "cells", _label_stack(cells_t))
     return tables, crops, masks, qc_rows, roles
+
+
+def _is_identity(order: np.ndarray) -> bool:
+    return bool((order == np.arange(order.size)).all())
 
 
 def run_segment(
@@ -139,8 +150,9 @@ def run_segment(
         crop_arr = np.zeros((0, 1, size_px, size_px), np.float16)
         mask_arr = np.zeros((0, 2, size_px, size_px), np.uint8)
     order = np.lexsort((cells["cell_id"].to_numpy(), cells["field_id"].to_numpy()))
-    cells = cells.iloc[order].reset_index(drop=True)
-    crop_arr, mask_arr = crop_arr[order], mask_arr[order]
+    if not _is_identity(order):  # views come in field order: usually nothing to move
+        cells = cells.iloc[order].reset_index(drop=True)
+        crop_arr, mask_arr = crop_arr[order], mask_arr[order]
     channels = next((list(r[4]) for r in results if r[4] is not None), [])
     write_crops(
         crops_out,
