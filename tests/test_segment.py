@@ -341,6 +341,20 @@ def test_extract_crops(toy, toy_seg):
     assert np.array_equal(crops, again[0]) and np.array_equal(masks, again[1])
 
 
+def test_extract_crops_with_feature_centroids(toy, toy_seg):
+    """Centroids taken from the feature table give the crops computed from the labels."""
+    nuclei, cells, _ = toy_seg
+    table = measure_cells(toy.image, nuclei, cells, roles=toy.roles, pixel_size_um=0.2)
+    ids = table["cell_id"].to_numpy()
+    kw = dict(pixel_size_um=0.2, size_um=40.0, size_px=64, cell_ids=ids)
+    centroids = (table["centroid_y"].to_numpy(), table["centroid_x"].to_numpy())
+    given = extract_crops(toy.image, cells, nuclei, centroids=centroids, **kw)
+    scanned = extract_crops(toy.image, cells, nuclei, **kw)
+    assert np.array_equal(given[0], scanned[0]) and np.array_equal(given[1], scanned[1])
+    with pytest.raises(ValueError, match="one centroid per cell id"):
+        extract_crops(toy.image, cells, nuclei, centroids=(centroids[0][:1], centroids[1]), **kw)
+
+
 def test_extract_crops_edge_cell_zero_outside(toy, toy_seg):
     nuclei, cells, _ = toy_seg
     k = int(cells[0][cells[0] > 0][0])  # a cell on the top edge

@@ -88,6 +88,7 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
             size_um=size_um,
             size_px=size_px,
             cell_ids=table["cell_id"].to_numpy(),
+            centroids=(table["centroid_y"].to_numpy(), table["centroid_x"].to_numpy()),
         )
         for col in CELL_METADATA:
             table.insert(min(len(table.columns), CELL_METADATA.index(col)), col, rec.get(col, ""))

@@ -38,6 +38,34 @@ def _resample_labels(labels: np.ndarray, ratio: float, shape: tuple[int, int]) -
     return labels[ys[:, None], xs[None, :]]
 
 
+def _cell_centroids(
+    cells: np.ndarray,
+    cell_ids: np.ndarray | None,
+    centroids: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cell ids to crop and their centroid rows and columns (full-resolution px)."""
+    if centroids is not None:
+        if cell_ids is None:
+            raise ValueError("extract_crops: centroids need the cell_ids they belong to")
+        cell_ids = np.asarray(cell_ids, dtype=np.int64).ravel()
+        cy, cx = (np.asarray(c, dtype=np.float64).ravel() for c in centroids)
+        if not cy.size == cx.size == cell_ids.size:
+            raise ValueError("extract_crops: one centroid per cell id expected")
+        return cell_ids, cy, cx
+    # areas and centroids from the row runs of the labels
+    counts, cy, cx = LabelRuns.of(cells).moments()[:3]
+    if cell_ids is None:
+        cell_ids = np.flatnonzero(counts)
+        cell_ids = cell_ids[cell_ids > 0]
+    cell_ids = np.asarray(cell_ids, dtype=np.int64).ravel()
+    bad = (cell_ids < 1) | (cell_ids >= counts.size)
+    bad[~bad] = counts[cell_ids[~bad]] == 0
+    if bad.any():
+        missing = [int(k) for k in cell_ids[bad]]
+        raise ValueError(f"extract_crops: cell ids not in the label image: {missing[:10]}")
+    return cell_ids, cy[cell_ids], cx[cell_ids]
+
+
 def extract_crops(
     image: np.ndarray,
     cells: np.ndarray,
@@ -47,6 +75,7 @@ def extract_crops(
     size_um: float = 40.0,
     size_px: int = 64,
     cell_ids: np.ndarray | None = None,
+    centroids: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a fixed-size, fixed-resolution crop around every cell.
 
@@ -64,6 +93,10 @@ def extract_crops(
         Side of the crop in pixels (crop resolution = ``size_um / size_px`` µm/px).
     cell_ids : array of int, optional
         Cells to crop, in this order; default every cell id present, ascending.
+    centroids : (ndarray, ndarray), optional
+        Centroid rows and columns (full-resolution px) of ``cell_ids``, e.g. the
+        ``centroid_y`` / ``centroid_x`` columns of :func:`measure_cells` (saves a scan
+        of the labels); default computed from ``cells``.
 
     Returns
     -------
@@ -86,20 +119,12 @@ def extract_crops(
         raise ValueError("extract_crops: pixel_size_um, size_um and size_px must be > 0")
     size_px = int(size_px)
     n_ch = image.shape[0]
-    # areas and centroids (full-resolution px) from the row runs of the labels
-    counts, cy, cx = LabelRuns.of(cells).moments()[:3]
-    if cell_ids is None:
-        cell_ids = np.flatnonzero(counts)
-        cell_ids = cell_ids[cell_ids > 0]
-    cell_ids = np.asarray(cell_ids, dtype=np.int64).ravel()
+    cell_ids, cy, cx = _cell_centroids(cells, cell_ids, centroids)
     n = cell_ids.size
     crops = np.zeros((n, n_ch, size_px, size_px), np.float16)
     masks = np.zeros((n, 2, size_px, size_px), np.uint8)
     if n == 0:
         return crops, masks
-    if cell_ids.min() < 1 or cell_ids.max() >= counts.size or (counts[cell_ids] == 0).any():
-        missing = [int(k) for k in cell_ids if k < 1 or k >= counts.size or counts[k] == 0]
-        raise ValueError(f"extract_crops: cell ids not in the label image: {missing[:10]}")
 
     ratio = pixel_size_um * size_px / size_um  # output px per input px
     half = size_px // 2
@@ -120,8 +145,8 @@ def extract_crops(
     sy, sx = grid[0] / cells.shape[0], grid[1] / cells.shape[1]
     for i, k in enumerate(cell_ids):
         # Centre of the cell on the resampled grid (pixel-centre convention).
-        y0 = int(np.floor((cy[k] + 0.5) * sy)) - half + pad
-        x0 = int(np.floor((cx[k] + 0.5) * sx)) - half + pad
+        y0 = int(np.floor((cy[i] + 0.5) * sy)) - half + pad
+        x0 = int(np.floor((cx[i] + 0.5) * sx)) - half + pad
         sl = (slice(y0, y0 + size_px), slice(x0, x0 + size_px))
         crops[i] = scaled[:, sl[0], sl[1]]
         masks[i, 0] = cell_r[sl] == k
