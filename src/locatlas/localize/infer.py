@@ -50,6 +50,20 @@ def _tta_forward(model: LocalizationNet, x: torch.Tensor) -> tuple[torch.Tensor,
     return torch.log(p) - torch.log1p(-p), e
 
 
+def _batch_channels_last(crops: np.ndarray, masks: np.ndarray | None, index: list[int]):
+    """(N, C, S, S) float32 network input, channels-last, filled in one pass per part:
+    the picked image channels, then the masks (the network's memory layout, without
+    the float32 copy, concatenation and re-layout as separate full-batch copies)."""
+    n_img = len(index)
+    n, _, sy, sx = crops.shape
+    c = n_img + (masks.shape[1] if masks is not None else 0)
+    out = np.empty((n, sy, sx, c), dtype=np.float32)
+    out[..., :n_img] = crops[:, index].transpose(0, 2, 3, 1)
+    if masks is not None:
+        out[..., n_img:] = masks.transpose(0, 2, 3, 1)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
 def forward_batches(
     model: LocalizationNet,
     crops,
@@ -91,11 +105,12 @@ def forward_batches(
                 r = rows[sel]
                 c = np.asarray(crops[r])
                 m = np.asarray(masks[r])
-            img = torch.from_numpy(np.ascontiguousarray(c[:, index], dtype=np.float32))
-            msk = torch.from_numpy(m.astype(np.float32))
-            if rescale is not None:
-                img, msk = rescale_tensors(img, msk, **rescale)
-            x = torch.cat([img, msk], 1) if model.config.use_masks else img
+            if rescale is None:
+                x = _batch_channels_last(c, m if model.config.use_masks else None, index)
+            else:
+                img = torch.from_numpy(np.ascontiguousarray(c[:, index], dtype=np.float32))
+                img, msk = rescale_tensors(img, torch.from_numpy(m.astype(np.float32)), **rescale)
+                x = torch.cat([img, msk], 1) if model.config.use_masks else img
             x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
             lo, e = _tta_forward(net, x) if tta else net(x)
             logits[sel] = lo.float().cpu().numpy()

@@ -145,10 +145,14 @@ def normalize_cells(
         scale = (img * cell).amax(dim=(2, 3), keepdim=True)
     else:
         scale = img.amax(dim=(2, 3), keepdim=True)
-    img = (img / scale.clamp_min(eps)).clamp(0.0, 2.0)
     if n_image == x.shape[1]:
-        return img
-    return torch.cat([img, x[:, n_image:]], dim=1)
+        return (img / scale.clamp_min(eps)).clamp(0.0, 2.0)
+    # written into one output (same layout as x) rather than a division, a clamp and
+    # a concatenation as three full-batch copies; x is data, never a leaf that needs grad
+    out = torch.empty_like(x)
+    torch.div(img, scale.clamp_min(eps), out=out[:, :n_image]).clamp_(0.0, 2.0)
+    out[:, n_image:] = x[:, n_image:]
+    return out
 
 
 class LocalizationNet(nn.Module):
