@@ -120,6 +120,23 @@ def test_percentiles_of_float_images(field):
         assert t[f"er_p{q:02d}"].iloc[3] == pytest.approx(np.percentile(v, q), rel=1e-9, abs=1e-9)
 
 
+def test_percentiles_of_integer_images(field, monkeypatch):
+    """Sorting each cell's values and one sort of (label, value) keys agree exactly."""
+    from locatlas.segment import features
+
+    toy, nuclei, cells, _ = field
+    img = np.clip(toy.image, 0, 65535).astype(np.uint16)
+    tables = []
+    for min_px in (0, 10**12):  # per-cell sorts / one sort of keys
+        monkeypatch.setattr(features, "_SORT_PER_LABEL_MIN_PX", min_px)
+        tables.append(measure_cells(img, nuclei, cells, roles=toy.roles, pixel_size_um=0.2))
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    for row in tables[0].iloc[::5].itertuples():
+        v = img[1][cells == row.cell_id]
+        for q in (5, 50, 95):
+            assert getattr(row, f"er_p{q:02d}") == pytest.approx(np.percentile(v, q), rel=1e-12)
+
+
 def _two_cells():
     """Two square cells, each with a centred square nucleus."""
     cells = np.zeros((64, 128), np.int32)
