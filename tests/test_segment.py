@@ -515,3 +515,28 @@ def test_cellpose_backend_plumbing_with_fake_model(toy, tmp_path, monkeypatch):
     nuclei, cells, qc = segment_field(toy.image, roles=toy.roles, pixel_size_um=0.2, params=params)
     _assert_label_contract(nuclei, cells, toy.nuclei.shape)
     assert match_labels(toy.cells, cells)["f1"] >= 0.9
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (61, 70), (3, 5)])
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_upsampled_label_counts_match_bincount(shape, factor):
+    from locatlas.segment._scale import upsample_labels, upsampled_label_counts
+
+    rng = np.random.default_rng(factor)
+    binned = rng.integers(0, 6, size=(-(-shape[0] // factor), -(-shape[1] // factor)))
+    binned[-1, -1] = 9  # the largest label only in the last block (cut by odd shapes)
+    full = upsample_labels(binned, factor, shape)
+    expected = np.bincount(full.ravel())
+    got = upsampled_label_counts(binned, factor, shape)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    empty = np.zeros_like(binned)
+    assert np.array_equal(upsampled_label_counts(empty, factor, shape), [np.prod(shape)])
+
+
+def test_upsampled_label_counts_labels_cut_off():
+    """Labels only in blocks outside ``shape`` are not counted (and do not pad the counts)."""
+    from locatlas.segment._scale import upsample_labels, upsampled_label_counts
+
+    binned = np.array([[1, 0], [0, 3], [5, 7]])
+    expected = np.bincount(upsample_labels(binned, 2, (4, 4)).ravel())
+    assert np.array_equal(upsampled_label_counts(binned, 2, (4, 4)), expected)

@@ -62,6 +62,20 @@ def upsample_labels(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> 
     return np.ascontiguousarray(out[: shape[0], : shape[1]])
 
 
+def upsampled_label_counts(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """``np.bincount(upsample_labels(labels, factor, shape).ravel())`` from the binned
+    labels, without the full-size image: a binned pixel counts its block's rows ×
+    columns inside ``shape``."""
+    rows = np.clip(shape[0] - factor * np.arange(labels.shape[0]), 0, factor)
+    cols = np.clip(shape[1] - factor * np.arange(labels.shape[1]), 0, factor)
+    if (rows == factor).all() and (cols == factor).all():
+        counts = np.bincount(labels.ravel()) * (factor * factor)
+    else:  # integer weights: the float64 sums are exact
+        counts = np.bincount(labels.ravel(), np.outer(rows, cols).ravel()).astype(np.int64)
+    present = np.flatnonzero(counts)
+    return counts[: present[-1] + 1] if present.size else counts[:1]
+
+
 def downsample_labels(labels: np.ndarray, factor: int) -> np.ndarray:
     """Label image sampled at the centres of ``factor`` × ``factor`` blocks (the grid
     of :func:`bin_mean`: ``ceil(Y / factor)`` × ``ceil(X / factor)``)."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import ROLES
-from ._scale import upsample_labels
+from ._scale import upsample_labels, upsampled_label_counts
 from .cells import cells_working
 from .nuclei import nuclei_working
 from .params import SegmentParams, as_params
@@ -50,20 +50,20 @@ def check_field(image: np.ndarray, roles: Sequence[str], pixel_size_um: float) -
 def _flags(
     image: np.ndarray,
     roles: Sequence[str],
-    nuclei: np.ndarray,
+    nucleus_px: np.ndarray,
     nuc_info: dict,
     cell_info: dict,
     pixel_size_um: float,
     params: SegmentParams,
 ) -> list[str]:
     flags = []
-    n = int(nuclei.max())
+    n = nucleus_px.size - 1
     if n == 0:
         flags.append("no_nuclei")
     elif nuc_info.get("contrast", np.inf) < 10:
         flags.append("low_contrast")
     if n:
-        areas = np.bincount(nuclei.ravel())[1:] * pixel_size_um**2
+        areas = nucleus_px[1:] * pixel_size_um**2
         expected = np.pi * params.nucleus_diameter_um**2 / 4
         med = float(np.median(areas))
         if not 0.25 * expected <= med <= 4 * expected:
@@ -139,10 +139,11 @@ def segment_field(
         nuclei, cells_full, nuc_info = cellpose_segment(
             image, roles=roles, pixel_size_um=pixel_size_um, params=params
         )
-        factor = 1
+        factor, nucleus_px = 1, None  # (pixels per nucleus counted below)
     else:
         nuclei_w, factor, nuc_info = nuclei_working(dna, pixel_size_um=pixel_size_um, params=params)
         nuclei = upsample_labels(nuclei_w, factor, shape)
+        nucleus_px = upsampled_label_counts(nuclei_w, factor, shape)  # no full-size pass
         cells_full = None
     timings["nuclei"] = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -159,8 +160,10 @@ def segment_field(
     # Cell k must contain all of nucleus k.
     nuclei = np.ascontiguousarray(nuclei, dtype=np.int32)
     cells = np.where(nuclei > 0, nuclei, cells).astype(np.int32, copy=False)
-    n = int(nuclei.max())
-    flags = _flags(image, roles, nuclei, nuc_info, cell_info, pixel_size_um, params)
+    if nucleus_px is None:
+        nucleus_px = np.bincount(nuclei.ravel())
+    n = nucleus_px.size - 1  # the largest nucleus id
+    flags = _flags(image, roles, nucleus_px, nuc_info, cell_info, pixel_size_um, params)
     timings["total"] = time.perf_counter() - t0
     qc = {
         "n_nuclei": n,
