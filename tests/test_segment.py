@@ -540,3 +540,15 @@ def test_upsampled_label_counts_labels_cut_off():
     binned = np.array([[1, 0], [0, 3], [5, 7]])
     expected = np.bincount(upsample_labels(binned, 2, (4, 4)).ravel())
     assert np.array_equal(upsampled_label_counts(binned, 2, (4, 4)), expected)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (61, 70), (7, 5), (2, 9)])
+@pytest.mark.parametrize("factor", [1, 2, 3, 5])
+def test_downsample_labels_samples_edge_padded_block_centres(shape, factor):
+    from locatlas.segment._scale import downsample_labels
+
+    labels = np.random.default_rng(factor).integers(0, 50, size=shape).astype(np.int32)
+    ph, pw = (-shape[0]) % factor, (-shape[1]) % factor
+    padded = np.pad(labels, ((0, ph), (0, pw)), mode="edge")
+    expected = padded[factor // 2 :: factor, factor // 2 :: factor]
+    assert np.array_equal(downsample_labels(labels, factor), expected)

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .. import ROLES
-from ._scale import otsu, subsample
+from ._scale import downsample_labels, otsu, subsample
 
 #: Number of rings of the radial distribution (nucleus centre -> membrane).
 N_RINGS = 4
@@ -443,11 +443,7 @@ def _mask_product(mask: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.n
 def _edge_distance(cells: np.ndarray, step: int) -> np.ndarray:
     """Distance (px) from each pixel of a cell to that cell's boundary (its border
     with the background or another cell), on a ``step``-times coarser grid."""
-    h, w = cells.shape
-    ph, pw = (-h) % step, (-w) % step
-    lab = np.pad(cells, ((0, ph), (0, pw)), mode="edge") if (ph or pw) else cells
-    o = step // 2
-    lab = lab[o::step, o::step]
+    lab = downsample_labels(cells, step)
     inner = lab > 0
     inner[:, 1:] &= lab[:, 1:] == lab[:, :-1]
     inner[:, :-1] &= lab[:, :-1] == lab[:, 1:]
