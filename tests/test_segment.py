@@ -552,3 +552,23 @@ def test_downsample_labels_samples_edge_padded_block_centres(shape, factor):
     padded = np.pad(labels, ((0, ph), (0, pw)), mode="edge")
     expected = padded[factor // 2 :: factor, factor // 2 :: factor]
     assert np.array_equal(downsample_labels(labels, factor), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_small_holes_match_binary_fill_holes(seed):
+    """Holes found by one labelling of the background are the holes that
+    ``ndi.binary_fill_holes`` fills (then kept up to a size)."""
+    from scipy import ndimage as ndi
+
+    from locatlas.segment.nuclei import _small_holes
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.binary_opening(rng.random((80, 90)) < 0.6)
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    lab, n = ndi.label(holes)
+    assert n > 3
+    sizes = np.bincount(lab.ravel())
+    for max_px in (0, 1, 3, np.inf):
+        keep = sizes <= max_px
+        keep[0] = False
+        assert np.array_equal(_small_holes(mask, max_px), keep[lab])

@@ -60,18 +60,22 @@ def _odd(n: float) -> int:
     return max(3, int(round(n)) | 1)
 
 
+def _small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
+    """The holes of ``mask`` of at most ``max_hole_px`` pixels. Holes are the background
+    regions (4-connected) that do not touch the image border, as filled by
+    ``ndi.binary_fill_holes``; one labelling finds them faster than its dilations."""
+    background, n = ndi.label(~mask)
+    small = np.bincount(background.ravel(), minlength=n + 1) <= max_hole_px
+    small[0] = False
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        small[edge] = False
+    return small[background]
+
+
 def _fill_small_holes(mask: np.ndarray, max_hole_px: float) -> np.ndarray:
     """Fill holes of ``mask`` smaller than ``max_hole_px`` pixels (large background
     pockets enclosed by a ring of nuclei stay background)."""
-    filled = ndi.binary_fill_holes(mask)
-    holes = filled & ~mask
-    if not holes.any():
-        return mask
-    lab, n = ndi.label(holes)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    small = sizes <= max_hole_px
-    small[0] = False
-    return mask | small[lab]
+    return mask | _small_holes(mask, max_hole_px)
 
 
 def _drop_small(labels: np.ndarray, min_px: float) -> np.ndarray:
@@ -172,8 +176,7 @@ def fill_label_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
     """Fill background holes smaller than ``max_hole_px`` that are enclosed by objects;
     a hole takes the label of the object just left of its first pixel (in raster order
     that pixel is on the hole's enclosing boundary)."""
-    mask = labels > 0
-    holes = _fill_small_holes(mask, max_hole_px) & ~mask
+    holes = _small_holes(labels > 0, max_hole_px)
     if not holes.any():
         return labels
     hole_lab, n_holes = ndi.label(holes)
