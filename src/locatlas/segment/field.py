@@ -159,7 +159,8 @@ def segment_field(
 
     # Cell k must contain all of nucleus k.
     nuclei = np.ascontiguousarray(nuclei, dtype=np.int32)
-    cells = np.where(nuclei > 0, nuclei, cells).astype(np.int32, copy=False)
+    cells = np.ascontiguousarray(cells, dtype=np.int32)  # made here: updated in place
+    np.copyto(cells, nuclei, where=nuclei > 0)
     if nucleus_px is None:
         nucleus_px = np.bincount(nuclei.ravel())
     n = nucleus_px.size - 1  # the largest nucleus id
