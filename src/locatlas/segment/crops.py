@@ -58,10 +58,8 @@ def _cell_centroids(
         cell_ids = np.flatnonzero(counts)
         cell_ids = cell_ids[cell_ids > 0]
     cell_ids = np.asarray(cell_ids, dtype=np.int64).ravel()
-    bad = (cell_ids < 1) | (cell_ids >= counts.size)
-    bad[~bad] = counts[cell_ids[~bad]] == 0
-    if bad.any():
-        missing = [int(k) for k in cell_ids[bad]]
+    missing = [int(k) for k in cell_ids if k < 1 or k >= counts.size or counts[k] == 0]
+    if missing:
         raise ValueError(f"extract_crops: cell ids not in the label image: {missing[:10]}")
     return cell_ids, cy[cell_ids], cx[cell_ids]
 
