@@ -27,6 +27,27 @@ def samples_path():
     return config["input"]["samples"]
 
 
+def samples_is_url():
+    path = str(samples_path())
+    return "://" in path and not path.startswith("file://")
+
+
+def samples_input(wildcards):
+    """The ingest rule's input: the local sheet or folder. A URL (``s3://...``) is not
+    a file Snakemake can date, so it goes in as a parameter (see samples_listing)."""
+    return [] if samples_is_url() else samples_path()
+
+
+def samples_listing(wildcards):
+    """For URL input, a digest of the objects' names, sizes and ETags: a new or changed
+    object changes this parameter, and Snakemake reruns ingest (one listing per DAG)."""
+    if not samples_is_url():
+        return ""
+    from locatlas.watch import input_fingerprint
+
+    return input_fingerprint(samples_path())
+
+
 def truth_dir():
     if config["input"]["truth"]:
         return config["input"]["truth"]

@@ -23,7 +23,7 @@ rule simulate:
 
 checkpoint ingest:
     input:
-        samples=samples_path(),
+        samples=samples_input,
     output:
         manifest=f"{MANIFEST_DIR}/manifest.parquet",
         shards=f"{MANIFEST_DIR}/shards.tsv",
@@ -47,8 +47,10 @@ checkpoint ingest:
             if config["input"]["pattern"]
             else ""
         ),
+        samples=samples_path(),
+        listing=samples_listing,
         shard_size=config["shard_size"],
         out_dir=lambda w, output: Path(output.manifest).parent,
     shell:
-        "locatlas ingest --samples {input.samples} {params.pattern} --out-dir {params.out_dir}"
+        "locatlas ingest --samples {params.samples:q} {params.pattern} --out-dir {params.out_dir}"
         " --shard-size {params.shard_size} --params {params.cfg:q} > {log} 2>&1"
