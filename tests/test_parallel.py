@@ -41,18 +41,22 @@ def test_parallel_fields_get_one_kernel_thread_each():
 
 
 def test_torch_loaded_by_a_field_gets_one_thread_too():
-    # jobs import torch lazily, inside the per-field function (clearing, cellpose)
+    # jobs import torch lazily, inside the per-field function (clearing, cellpose); MKL
+    # sizes torch's CPU FFTs on its own (MKL_NUM_THREADS=2 alone cost the clear job 1.7x)
     code = (
+        "import re\n"
         "from locatlas.parallel import map_ordered\n"
         "def threads(_):\n"
         "    import torch\n"
-        "    return torch.get_num_threads()\n"
+        "    info = torch.__config__.parallel_info()\n"
+        "    mkl = re.search(r'mkl_get_max_threads\\(\\) : (\\d+)', info)\n"
+        "    return f'{torch.get_num_threads()}/{mkl.group(1) if mkl else 1}'\n"
         "print(*map_ordered(threads, range(4), workers=2, backend='threads'))\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1"] * 4
+    assert out.stdout.split() == ["1/1"] * 4
 
 
 def test_unknown_backend_is_refused():

@@ -65,30 +65,37 @@ def map_ordered(
     raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
 
 
+#: Thread-pool sizes a job inherits (Snakemake exports each as ``{threads}``). OpenMP's
+#: sets torch's intra-op threads; MKL's separately sizes torch's CPU FFT and BLAS.
+KERNEL_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 @contextmanager
 def single_threaded_kernels() -> Iterator[None]:
-    """One intra-op thread per torch kernel while fields run in parallel threads.
+    """One thread per torch kernel (OpenMP and MKL) while fields run in parallel threads.
 
-    Snakemake exports ``OMP_NUM_THREADS={threads}`` to a job; with ``threads`` fields
-    in flight, each torch kernel would also start that many OpenMP threads: threads²
-    busy threads on ``threads`` cores, and OpenMP's spin-waiting burns the excess
-    (measured: the clear job used 1.9x the CPU time, and ran slower, at 2 threads).
-    A torch already loaded is set to one thread and restored after; one that a field
-    loads reads the environment, set to one thread for the duration, and keeps it.
+    Snakemake exports ``OMP_NUM_THREADS={threads}`` and ``MKL_NUM_THREADS={threads}``
+    to a job; with ``threads`` fields in flight, each torch kernel would also start
+    that many threads: threads² busy threads on ``threads`` cores, and the spin-waiting
+    burns the excess (measured: the clear job used 1.7-1.9x the CPU time, and ran
+    slower, at 2 threads). A torch already loaded is set to one thread and restored
+    after; one that a field loads reads the environment, set to one thread for the
+    duration, and keeps it.
     """
-    env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    saved = {name: os.environ.get(name) for name in KERNEL_THREAD_VARS}
+    os.environ.update(dict.fromkeys(KERNEL_THREAD_VARS, "1"))
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     if torch is not None:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # OpenMP and MKL both
     try:
         yield
     finally:
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if torch is not None:
             torch.set_num_threads(before)
 
@@ -98,7 +105,7 @@ def _single_threaded_worker() -> None:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # a spawned worker does not inherit the parent's allocator settings
-    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.update(dict.fromkeys(KERNEL_THREAD_VARS, "1"))
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
