@@ -14,7 +14,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from .atomic import atomic_path
 
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
+# float16 crops hardly compress (measured 267 -> 214 MB with zstd level 3); lz4 keeps
+# most of that (222 MB) at a quarter of the CPU time to write and a third to read.
+_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
 def write_crops(path: str | Path, crops: np.ndarray, masks: np.ndarray, *, attrs: dict) -> Path:
