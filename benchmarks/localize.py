@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from locatlas import ROLES
+from locatlas.allocator import keep_freed_memory
 from locatlas.localize import LocalizationNet, NetConfig, predict
 from locatlas.localize.model import default_widths
 from locatlas.localize.toy import toy_cells
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads for held-out training")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers as JSON")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as every `locatlas` job does (without it ~half the CPU is page zeroing)
 
     rows = cpu_table(args.cells, args.batch) + gpu_table(args.cells * 8, args.batch)
     print(f"torch {torch.__version__}; {args.cells} cells per run, batch {args.batch}; "
