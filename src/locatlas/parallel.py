@@ -104,7 +104,7 @@ def _single_threaded_worker() -> None:
     # a worker process runs one field at a time: its kernels get one thread each
     from .allocator import keep_freed_memory
 
-    keep_freed_memory()  # a spawned worker does not inherit the parent's allocator settings
+    keep_freed_memory()  # a spawn/forkserver worker starts with glibc's defaults
     os.environ.update(dict.fromkeys(KERNEL_THREAD_VARS, "1"))
     torch = sys.modules.get("torch")
     if torch is not None:

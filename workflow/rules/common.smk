@@ -28,8 +28,9 @@ def samples_path():
 
 
 def samples_is_url():
-    path = str(samples_path())
-    return "://" in path and not path.startswith("file://")
+    from locatlas.remote import is_url  # the rule ingest itself applies
+
+    return is_url(samples_path())
 
 
 def samples_input(wildcards):

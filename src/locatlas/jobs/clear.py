@@ -57,7 +57,7 @@ def clear_field(image: np.ndarray, *, roles, pixel_size_um, z_step_um, params: d
                 **options,
             ).reshape(stack.shape)
             if info is not None:  # in place: a field is 4 planes of 16 MB each
-                cleared = np.clip(np.rint(cleared, out=cleared), info.min, info.max, out=cleared)
+                np.clip(np.rint(cleared, out=cleared), info.min, info.max, out=cleared)
             out[t, c] = cleared
     return out
 
