@@ -233,6 +233,9 @@ def _create_array(store, name: str, shape, dtype) -> zarr.Array:
         dimension_names=list(AXES),
         zarr_format=3,
         overwrite=True,
+        # Fields are dense: testing every chunk for all-zero before writing it (to
+        # skip it) is a full extra pass over the pixels that never pays off.
+        config={"write_empty_chunks": True},
     )
 
 
