@@ -106,11 +106,13 @@ def test_round_trip_pyramid_units_and_chunks(tmp_path):
     assert meta1["pixel_size_um"] == pytest.approx(0.16)
     assert read_field_image(path, level=2)[0].shape == (2, 3, 2, 150, 275)
     # chunks: one plane of one channel, at most 1024², zstd level 1 with bitshuffle
+    # in 1 MiB blosc blocks
     arr = open_field_array(path)
     assert arr.chunks == (1, 1, 1, 600, 1024)
     meta_json = json.loads((Path(path) / "s0" / "zarr.json").read_text())
     blosc = [c for c in meta_json["codecs"] if c["name"] == "blosc"][0]["configuration"]
     assert (blosc["cname"], blosc["clevel"], blosc["shuffle"]) == ("zstd", 1, "bitshuffle")
+    assert blosc["blocksize"] == 2**20
     assert meta_json["dimension_names"] == ["t", "c", "z", "y", "x"]
     ome = zarr.open_group(path, mode="r").attrs["ome"]
     axes = ome["multiscales"][0]["axes"]

@@ -70,8 +70,9 @@ CHUNK_YX = 1024
 PYRAMID_MAX_PX = 512
 #: zstd level 1 + bitshuffle: ≈500 MB/s encode, 1.2 GB/s decode per core and ~2-3x
 #: smaller than raw on microscope uint16 (STACK.md); higher levels cost far more time
-#: than they save space.
-COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
+#: than they save space. 1 MiB blosc blocks (blosc picks ~32-64 KiB at level 1):
+#: on a 4 x 2048² field 35 % less CPU to write and to read, and 2-3 % smaller.
+COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 1 << 20}
 #: Display colours per role (HPA convention).
 ROLE_COLORS = {"nucleus": "0000FF", "microtubules": "FF0000", "er": "FFFF00", "protein": "00FF00"}
 _RESERVED = ("pixel_size_um", "z_step_um", "time_step", "channel_roles")
