@@ -580,3 +580,43 @@ def test_cpu_cuda_agreement(trained, toy3):
     p_bf, _ = predict(model, crops, masks, spec=info["spec"], channels=CH, device="cuda")
     assert np.mean(np.abs(p_bf - p_cpu)) < 0.02
     assert (p_bf.argmax(1) == p_cpu.argmax(1)).mean() > 0.95
+
+
+def test_localize_job_in_blocks_equals_one_pass(tmp_path, toy3, trained, monkeypatch):
+    """The job scores a shard a block of cells at a time (bounded memory); the table and
+    embeddings are those of one pass over the whole shard."""
+    import pandas as pd
+
+    from locatlas.crops_store import write_crops
+    from locatlas.jobs import localize as job
+
+    crops, masks, _, _ = toy3
+    model, info, _ = trained
+    pkg = save_model_package(model, tmp_path / "pkg", spec=info["spec"])
+    store = write_crops(
+        tmp_path / "crops.zarr", crops.astype(np.float16), masks,
+        attrs={"channels": CH, "size_um": 40.0, "size_px": 32, "um_per_px": 1.25},
+    )  # fmt: skip
+    cells = pd.DataFrame({"field_id": "f0", "cell_id": np.arange(1, len(crops) + 1)})
+    cells.to_parquet(tmp_path / "cells.parquet")
+    monkeypatch.setattr(job, "_LABEL_FREE_CHUNK", 32)
+    outs = {}
+    for block in (64, 100_000):
+        monkeypatch.setattr(job, "_BLOCK_CELLS", block)
+        assert len(job._blocks(len(crops), 32)) == (3 if block == 64 else 1)  # 192 cells
+        out = tmp_path / f"loc{block}.parquet"
+        job.run_localize(
+            str(tmp_path / "cells.parquet"), str(store), str(pkg), str(out),
+            str(tmp_path / f"emb{block}.npy"), params={"batch_size": 32, "device": "cpu"},
+        )  # fmt: skip
+        outs[block] = (pd.read_parquet(out), np.load(tmp_path / f"emb{block}.npy"))
+    pd.testing.assert_frame_equal(outs[64][0], outs[100_000][0])
+    np.testing.assert_array_equal(outs[64][1], outs[100_000][1])
+    assert len(outs[64][0]) == len(crops) and outs[64][0]["lf_protein_mean"].notna().all()
+    # A crops store that does not match its cells table is refused, naming the store.
+    cells.iloc[:-1].to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match="crops.zarr: 192 crops for 191 cells"):
+        job.run_localize(
+            str(tmp_path / "short.parquet"), str(store), str(pkg), str(tmp_path / "x.parquet"),
+            str(tmp_path / "x.npy"), params={"device": "cpu"},
+        )  # fmt: skip

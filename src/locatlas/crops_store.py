@@ -48,6 +48,12 @@ def write_crops(path: str | Path, crops: np.ndarray, masks: np.ndarray, *, attrs
     return Path(path)
 
 
-def read_crops(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+def open_crops(path: str | Path) -> tuple[zarr.Array, zarr.Array, dict]:
+    """Crops and masks as lazily read arrays (a slice reads only its chunks), and attrs."""
     root = zarr.open_group(str(path), mode="r")
-    return root["crops"][...], root["masks"][...], dict(root.attrs)
+    return root["crops"], root["masks"], dict(root.attrs)
+
+
+def read_crops(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    crops, masks, attrs = open_crops(path)
+    return crops[...], masks[...], attrs

@@ -40,6 +40,7 @@ rule localize:
     conda:
         "../../envs/localize.yaml"
     threads: 2
+    # crops are scored 1,024 cells at a time: memory does not grow with the shard
     resources:
         mem_mb=4000,
         runtime=lambda w: 5 + shard_fields(w),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pandas as pd
 from ..atomic import atomic_path, write_parquet, write_text
 from ..classes import load_classes
 from ..config import config_hash
-from ..crops_store import read_crops
+from ..crops_store import open_crops, read_crops
 from ..provenance import provenance
 from .common import log, write_receipt
 
@@ -107,6 +108,41 @@ def resolve_model(params: dict, trained_dir: str | None) -> str:
     return str(Path(trained_dir) / "package")
 
 
+# Cells per block of a localize job (1024: 1.0 instead of 1.6 GB peak and 15 % less
+# CPU than a whole 16-field shard at once, the kernel zeroing fewer fresh pages).
+# Blocks hold whole network batches and label-free chunks, so every batch is the one
+# a single pass over the shard would run.
+_BLOCK_CELLS = 1024
+_LABEL_FREE_CHUNK = 512
+
+
+def _blocks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[a, b) cell ranges: crops are read and scored a block at a time, so a job's
+    memory is bounded by the block, not by its shard's size."""
+    step = math.lcm(max(1, batch_size), _LABEL_FREE_CHUNK)
+    step *= max(1, _BLOCK_CELLS // step)
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _localize_block(crops, masks, *, model, spec, channels, batch_size, params, crop_um_per_px):
+    from ..localize import label_free_scores, predict
+
+    crops, masks = np.asarray(crops), np.asarray(masks)
+    probs, emb = predict(
+        model,
+        crops,
+        masks,
+        spec=spec,
+        channels=channels,
+        batch_size=batch_size,
+        device=params.get("device", "auto"),
+        crop_um_per_px=crop_um_per_px,
+        tta=bool(params.get("tta", False)),
+    )
+    lf = label_free_scores(crops, masks, channels=channels, chunk=_LABEL_FREE_CHUNK)
+    return probs, emb, lf
+
+
 def run_localize(
     cells_path: str,
     crops_path: str,
@@ -119,31 +155,32 @@ def run_localize(
 ) -> None:
     import torch
 
-    from ..localize import label_free_scores, load_model_package, predict
+    from ..localize import load_model_package
 
     torch.set_num_threads(max(1, threads))
     model, spec = load_model_package(model_path)
     cells = pd.read_parquet(cells_path)
-    crops, masks, attrs = read_crops(crops_path)
+    crops, masks, attrs = open_crops(crops_path)
+    if crops.shape[0] != len(cells):
+        raise ValueError(f"{crops_path}: {crops.shape[0]} crops for {len(cells)} cells")
     slugs = spec.get("class_slugs") or list(load_classes(params.get("classes")).slugs)
+    channels = list(attrs["channels"])
+    batch_size = int(params.get("batch_size", 256))
     table = cells[["field_id", "cell_id"]].copy()
+    probs = np.zeros((0, len(slugs)), np.float32)
+    emb = np.zeros((0, int(spec.get("embedding_dim", 64))), np.float32)
+    lf = pd.DataFrame()
     if len(cells):
-        probs, emb = predict(
-            model,
-            crops,
-            masks,
-            spec=spec,
-            channels=list(attrs["channels"]),
-            batch_size=int(params.get("batch_size", 256)),
-            device=params.get("device", "auto"),
-            crop_um_per_px=float(attrs["um_per_px"]),
-            tta=bool(params.get("tta", False)),
-        )
-        lf = label_free_scores(crops, masks, channels=list(attrs["channels"]))
-    else:
-        probs = np.zeros((0, len(slugs)), np.float32)
-        emb = np.zeros((0, int(spec.get("embedding_dim", 64))), np.float32)
-        lf = pd.DataFrame()
+        parts = [
+            _localize_block(
+                crops[a:b], masks[a:b], model=model, spec=spec, channels=channels,
+                batch_size=batch_size, params=params, crop_um_per_px=float(attrs["um_per_px"]),
+            )
+            for a, b in _blocks(len(cells), batch_size)
+        ]  # fmt: skip
+        probs = np.concatenate([p[0] for p in parts])
+        emb = np.concatenate([p[1] for p in parts])
+        lf = pd.concat([p[2] for p in parts], ignore_index=True)
     for j, slug in enumerate(slugs):
         table[f"p_{slug}"] = probs[:, j].astype(np.float32)
     for col in lf.columns:
