@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
 
-from locatlas.parallel import map_ordered
+from locatlas.parallel import imap_ordered, map_ordered
 
 
 def _square(x: int) -> int:
@@ -23,6 +25,32 @@ def _kernel_threads(_: int) -> int:
 @pytest.mark.parametrize("backend", ["serial", "threads", "processes"])
 def test_results_come_back_in_input_order(backend):
     assert map_ordered(_square, range(20), workers=3, backend=backend) == [x * x for x in range(20)]
+
+
+def test_distributed_backend_keeps_input_order():
+    # a dask LocalCluster of worker processes, one thread each
+    got = list(imap_ordered(_square, range(7), workers=2, backend="distributed", ahead=1))
+    assert got == [x * x for x in range(7)]
+
+
+def test_imap_ordered_bounds_the_results_in_flight():
+    """A caller writing each result out (the segment job's crops) holds at most
+    ``workers + ahead`` of them, however many items there are."""
+    started = []
+    lock = threading.Lock()
+
+    def work(x):
+        with lock:
+            started.append(x)
+        time.sleep(0.002 * (x % 3))  # out-of-order finishing
+        return x
+
+    taken = []
+    for x in imap_ordered(work, range(40), workers=3, backend="threads", ahead=2):
+        with lock:
+            assert len(started) - len(taken) <= 5
+        taken.append(x)
+    assert taken == list(range(40))
 
 
 def test_parallel_fields_get_one_kernel_thread_each():

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,19 +52,58 @@ def map_ordered(
         Per-worker memory limit for ``distributed`` (e.g. "4GB"); a worker that
         exceeds it is restarted by dask and its task retried.
     """
-    items: Sequence[T] = list(items)
+    return list(
+        imap_ordered(fn, items, workers=workers, backend=backend, memory_limit=memory_limit)
+    )
+
+
+def imap_ordered(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int = 1,
+    backend: str | None = None,
+    memory_limit: str | None = None,
+    ahead: int | None = None,
+) -> Iterator[R]:
+    """:func:`map_ordered` as a generator: results are yielded in input order as they
+    are ready, with at most ``workers + ahead`` items submitted and not yet taken
+    (default ``ahead = workers``), so a caller that writes each result out holds a
+    bounded number of them, however many items there are."""
+    items = list(items)
     backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
     if workers <= 1 or len(items) <= 1 or backend == "serial":
-        return [fn(item) for item in items]
+        yield from map(fn, items)
+        return
+    window = workers + (workers if ahead is None else max(0, ahead))
     if backend == "threads":
         with single_threaded_kernels(), ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, items))
-    if backend == "processes":
+            yield from _windowed(pool.submit, fn, items, window)
+    elif backend == "processes":
         with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_worker) as pool:
-            return list(pool.map(fn, items))
-    if backend == "distributed":
-        return _map_distributed(fn, items, workers=workers, memory_limit=memory_limit)
-    raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+            yield from _windowed(pool.submit, fn, items, window)
+    else:
+        yield from _imap_distributed(
+            fn, items, workers=workers, memory_limit=memory_limit, window=window
+        )
+
+
+def _windowed(submit, fn: Callable[[T], R], items: Sequence[T], window: int) -> Iterator[R]:
+    """Submit ``items`` keeping ``window`` in flight; yield their results in order."""
+    pending: deque = deque()
+    todo = iter(items)
+    for item in todo:
+        pending.append(submit(fn, item))
+        if len(pending) >= window:
+            break
+    while pending:
+        yield pending.popleft().result()
+        # the next item starts once the caller is done with this result
+        for item in todo:
+            pending.append(submit(fn, item))
+            break
 
 
 #: Thread-pool sizes a job inherits (Snakemake exports each as ``{threads}``). OpenMP's
@@ -111,9 +152,14 @@ def _single_threaded_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _map_distributed(
-    fn: Callable[[Any], Any], items: Sequence[Any], *, workers: int, memory_limit: str | None
-) -> list[Any]:
+def _imap_distributed(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    workers: int,
+    memory_limit: str | None,
+    window: int,
+) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with (
@@ -126,5 +172,4 @@ def _map_distributed(
         ) as cluster,
         Client(cluster) as client,
     ):
-        futures = client.map(fn, items, pure=False)
-        return client.gather(futures)
+        yield from _windowed(partial(client.submit, pure=False), fn, items, window)
