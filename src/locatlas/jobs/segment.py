@@ -9,8 +9,8 @@ import pandas as pd
 
 from ..atomic import write_parquet
 from ..config import config_hash
-from ..crops_store import write_crops
-from ..parallel import map_ordered
+from ..crops_store import crops_writer
+from ..parallel import imap_ordered
 from ..provenance import provenance
 from .common import log, read_manifest, write_receipt
 
@@ -112,6 +112,15 @@ def _segment_view_unsafe(view: pd.DataFrame, *, image_name: str | None, params: 
     return tables, crops, masks, qc_rows, roles
 
 
+def _views_in_field_order(fields: pd.DataFrame) -> list[pd.DataFrame]:
+    """Views ordered by their first field id, each view's fields by id: together, the
+    fields in id order (a view's field ids all start with the view id, so no other
+    view's fall between them). The crops can then be written as each view is done,
+    already in the order of the sorted cell table."""
+    views = (g.sort_values("field_id") for _, g in fields.groupby("view_id"))
+    return sorted(views, key=lambda g: g["field_id"].iloc[0])
+
+
 def _is_identity(order: np.ndarray) -> bool:
     return bool((order == np.arange(order.size)).all())
 
@@ -133,39 +142,34 @@ def run_segment(
         manifest[["field_id", *meta_cols]], on="field_id", how="left"
     )
     image_name = "cleared" if (fields["image"] == "cleared").any() else None
-    groups = [g for _, g in fields.groupby("view_id", sort=True)]
-    results = map_ordered(
-        partial(_segment_view, image_name=image_name, params=params), groups, workers=threads
-    )
-    tables = [t for r in results for t in r[0]]
-    crops = [c for r in results for c in r[1]]
-    masks = [m for r in results for m in r[2]]
-    qc = [q for r in results for q in r[3]]
+    groups = _views_in_field_order(fields)
     size_um, size_px = _crop_geometry(params)
+    attrs = {"channels": [], "size_um": size_um, "size_px": size_px, "um_per_px": size_um / size_px}
+    tables, qc, channels = [], [], None
+    segment = partial(_segment_view, image_name=image_name, params=params)
+    with crops_writer(crops_out, size_px=size_px, attrs=attrs) as writer:
+        for view_tables, view_crops, view_masks, view_qc, roles in imap_ordered(
+            segment, groups, workers=threads
+        ):
+            # fields were segmented in time order; crops go out in field-id order
+            order = np.argsort([q["field_id"] for q in view_qc], kind="stable")
+            if len(view_tables) == len(order):
+                view_tables = [view_tables[i] for i in order]
+                view_crops = [view_crops[i] for i in order]
+                view_masks = [view_masks[i] for i in order]
+            for c, m in zip(view_crops, view_masks, strict=True):
+                writer.append(c, m)
+            tables += view_tables
+            qc += view_qc
+            channels = channels or (list(roles) if roles is not None else None)
+        attrs["channels"] = channels or []
     if tables:
         cells = pd.concat(tables, ignore_index=True)
-        crop_arr = np.concatenate(crops) if crops else np.zeros((0, 1, size_px, size_px), "f2")
-        mask_arr = np.concatenate(masks) if masks else np.zeros((0, 2, size_px, size_px), "u1")
     else:
         cells = pd.DataFrame(columns=[*CELL_METADATA, "cell_id", "qc_pass"])
-        crop_arr = np.zeros((0, 1, size_px, size_px), np.float16)
-        mask_arr = np.zeros((0, 2, size_px, size_px), np.uint8)
     order = np.lexsort((cells["cell_id"].to_numpy(), cells["field_id"].to_numpy()))
-    if not _is_identity(order):  # views come in field order: usually nothing to move
-        cells = cells.iloc[order].reset_index(drop=True)
-        crop_arr, mask_arr = crop_arr[order], mask_arr[order]
-    channels = next((list(r[4]) for r in results if r[4] is not None), [])
-    write_crops(
-        crops_out,
-        crop_arr,
-        mask_arr,
-        attrs={
-            "channels": channels,
-            "size_um": size_um,
-            "size_px": size_px,
-            "um_per_px": size_um / size_px,
-        },
-    )
+    if not _is_identity(order):
+        raise RuntimeError(f"{cells_out}: cells are not in (field_id, cell_id) order")
     write_parquet(
         cells,
         cells_out,
