@@ -620,3 +620,53 @@ def test_localize_job_in_blocks_equals_one_pass(tmp_path, toy3, trained, monkeyp
             str(tmp_path / "short.parquet"), str(store), str(pkg), str(tmp_path / "x.parquet"),
             str(tmp_path / "x.npy"), params={"device": "cpu"},
         )  # fmt: skip
+
+
+def test_training_sample_is_capped_fairly_per_protein():
+    from locatlas.jobs.localize import _cap_per_group
+
+    groups = np.array(["a"] * 500 + ["b"] * 30 + ["c"] * 200 + ["d"] * 5)
+    rows = _cap_per_group(groups, 300, seed=0)
+    counts = dict(zip(*np.unique(groups[rows], return_counts=True), strict=True))
+    # equal share s = 132: b and d keep all their cells, a and c 132 each (299 <= 300)
+    assert counts == {"a": 132, "b": 30, "c": 132, "d": 5}
+    assert np.all(np.diff(rows) > 0)  # sorted, no repeats
+    np.testing.assert_array_equal(rows, _cap_per_group(groups, 300, seed=0))
+    assert not np.array_equal(rows, _cap_per_group(groups, 300, seed=1))
+    np.testing.assert_array_equal(_cap_per_group(groups, None, seed=0), np.arange(735))
+    np.testing.assert_array_equal(_cap_per_group(groups, 735, seed=0), np.arange(735))
+
+
+def test_training_set_reads_only_the_capped_sample(tmp_path, toy3):
+    import pandas as pd
+
+    from locatlas.crops_store import write_crops
+    from locatlas.jobs.localize import _training_set
+
+    crops, masks, labels, groups = toy3
+    attrs = {"channels": CH, "size_um": 40.0, "size_px": 32, "um_per_px": 1.25}
+    text = [";".join(map(str, np.flatnonzero(row))) for row in labels]
+    paths = []
+    for i, rows in enumerate((slice(0, 100), slice(100, None))):
+        cells = pd.DataFrame({
+            "labels": text[rows], "split": "train", "qc_pass": True,
+            "protein": groups[rows].astype(str),
+        })  # fmt: skip
+        cells.loc[cells.index[:3], "qc_pass"] = False  # not used for training
+        cells.to_parquet(tmp_path / f"c{i}.parquet")
+        write_crops(tmp_path / f"k{i}.zarr", crops[rows].astype(np.float16), masks[rows],
+                    attrs=attrs)  # fmt: skip
+        paths.append((str(tmp_path / f"c{i}.parquet"), str(tmp_path / f"k{i}.zarr")))
+    cells_paths, crops_paths = map(list, zip(*paths, strict=True))
+    full = _training_set(cells_paths, crops_paths, splits=["train"])
+    assert len(full[0]) == len(crops) - 6
+    keep = np.r_[3:100, 103 : len(crops)]
+    np.testing.assert_array_equal(full[0], crops[keep].astype(np.float16))
+    np.testing.assert_array_equal(full[3], groups[keep].astype(str))
+    capped = _training_set(cells_paths, crops_paths, splits=["train"], max_cells=60, seed=2)
+    assert len(capped[0]) <= 60 and len(set(capped[3])) == len(set(groups))
+    # each kept cell comes with its own crop, label and protein
+    pick = [int(np.flatnonzero((crops[keep].astype(np.float16) == c).all(axis=(1, 2, 3)))[0])
+            for c in capped[0]]  # fmt: skip
+    np.testing.assert_array_equal(capped[3], groups[keep][pick].astype(str))
+    assert capped[2] == [text[k] for k in keep[pick]]

@@ -128,6 +128,17 @@ def mem_mb_for(per_mpx_mb, base_mb):
     return mem
 
 
+def train_mem_mb():
+    """The train job holds at most localize.train.max_cells crops and masks (float16
+    image channels, uint8 masks) plus a fixed allowance for torch and the model."""
+    max_cells = config["localize"]["train"].get("max_cells")
+    if max_cells is None:
+        return 16000  # all labelled cells: size the request by hand for a large atlas
+    side = int(config["segment"]["crop_size_px"])
+    cell_bytes = (2 * 4 + 2) * side * side  # four roles at most, two masks
+    return int(3000 + 1.3 * max_cells * cell_bytes / 1e6)
+
+
 def runtime_for(seconds_per_mpx, base_min=2):
     """Minutes predicted from the shard's fields and field size (with a 3x margin)."""
 

@@ -16,7 +16,7 @@ rule train:
         "../../envs/localize.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w: train_mem_mb(),
         runtime=120,
     params:
         cfg=params_json("localize", only=("classes", "device", "train")),

@@ -11,43 +11,84 @@ import pandas as pd
 from ..atomic import atomic_path, write_parquet, write_text
 from ..classes import load_classes
 from ..config import config_hash
-from ..crops_store import open_crops, read_crops
+from ..crops_store import open_crops
 from ..provenance import provenance
 from .common import log, write_receipt
 
 
-def _training_set(cells_paths: list[str], crops_paths: list[str], *, splits: list[str]):
-    crops_all, masks_all, labels_all, groups_all = [], [], [], []
-    channels = um_per_px = None
+def _cap_per_group(groups: np.ndarray, max_cells: int | None, seed: int) -> np.ndarray:
+    """Sorted row indices of at most ``max_cells`` rows, a seeded sample in which every
+    group (protein) keeps an equal share and groups with fewer rows keep them all."""
+    n = len(groups)
+    if max_cells is None or n <= max_cells:
+        return np.arange(n)
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    # the largest equal share s with sum(min(count, s)) <= max_cells
+    lo, hi = 0, int(counts.max())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if np.minimum(counts, mid).sum() <= max_cells else (lo, mid - 1)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in range(len(names)):
+        rows = np.flatnonzero(inverse == g)
+        keep.append(rows if len(rows) <= lo else rng.choice(rows, size=lo, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _training_set(
+    cells_paths: list[str],
+    crops_paths: list[str],
+    *,
+    splits: list[str],
+    max_cells: int | None = None,
+    seed: int = 0,
+):
+    """Labelled, QC-passed cells of ``splits``: at most ``max_cells`` of them (see
+    :func:`_cap_per_group`), and only those are read from the crop stores, so the
+    job's memory is bounded by the cap, not by the number of shards."""
+    shards = []  # (crops path, rows kept, labels, proteins)
     for cells_path, crops_path in zip(sorted(cells_paths), sorted(crops_paths), strict=True):
         cells = pd.read_parquet(cells_path)
         if cells.empty:
             continue
-        crops, masks, attrs = read_crops(crops_path)
         labels = cells["labels"].fillna("").astype(str)
         keep = (labels != "") & cells["split"].fillna("").astype(str).isin(splits)
         keep &= cells["qc_pass"].astype(bool)
-        if not keep.any():
+        idx = np.flatnonzero(keep.to_numpy())
+        if idx.size:
+            proteins = cells["protein"].astype(str).to_numpy()[idx]
+            shards.append((crops_path, idx, labels.to_numpy()[idx], proteins))
+    if not shards:
+        raise SystemExit(
+            f"train: no labelled cells with split in {splits} in {len(cells_paths)} shards"
+        )
+    groups = np.concatenate([s[3] for s in shards])
+    chosen = _cap_per_group(groups, max_cells, seed)
+    if len(chosen) < len(groups):
+        log.info("train: a sample of %d of %d labelled cells (max_cells)", len(chosen), len(groups))
+    crops_all, masks_all, labels_all = [], [], []
+    channels = um_per_px = None
+    offset = 0
+    for crops_path, idx, labels, _ in shards:
+        mine = chosen[(chosen >= offset) & (chosen < offset + len(idx))] - offset
+        offset += len(idx)
+        if not mine.size:
             continue
+        crops, masks, attrs = open_crops(crops_path)
         if channels is not None and list(attrs["channels"]) != channels:
             raise ValueError(
                 f"{crops_path}: channels {attrs['channels']} differ from {channels} in other shards"
             )
         channels, um_per_px = list(attrs["channels"]), float(attrs["um_per_px"])
-        idx = np.flatnonzero(keep.to_numpy())
-        crops_all.append(crops[idx])
-        masks_all.append(masks[idx])
-        labels_all.extend(labels.iloc[idx])
-        groups_all.extend(cells["protein"].astype(str).iloc[idx])
-    if not crops_all:
-        raise SystemExit(
-            f"train: no labelled cells with split in {splits} in {len(cells_paths)} shards"
-        )
+        crops_all.append(crops.oindex[idx[mine]])
+        masks_all.append(masks.oindex[idx[mine]])
+        labels_all.extend(labels[mine])
     return (
         np.concatenate(crops_all),
         np.concatenate(masks_all),
         labels_all,
-        np.asarray(groups_all),
+        groups[chosen],
         channels,
         um_per_px,
     )
@@ -69,8 +110,13 @@ def run_train(
     classes = load_classes(params.get("classes"))
     train_params = dict(params.get("train") or {})
     splits = list(train_params.pop("splits", ["train"]))
+    max_cells = train_params.pop("max_cells", None)
     crops, masks, labels, groups, channels, um_per_px = _training_set(
-        cells_paths, crops_paths, splits=splits
+        cells_paths,
+        crops_paths,
+        splits=splits,
+        max_cells=max_cells,
+        seed=int(train_params.get("seed", 0)),
     )
     y = parse_labels(labels, n_classes=len(classes))
     log.info("train: %d cells of %d proteins", len(crops), len(set(groups)))
