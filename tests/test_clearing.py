@@ -126,6 +126,42 @@ def test_baseline_recovers_smooth_background_under_peaks():
     assert cleared[sig > 50].sum() / (sig[sig > 50].sum()) > 0.95
 
 
+def _noise_model_by_masks(lev: torch.Tensor, r: torch.Tensor) -> list[tuple[float, float]]:
+    """The noise model's (level, σ) per bin written plainly: bucketize, then a mask per bin."""
+    srt = torch.sort(lev).values
+    cuts = srt[(torch.arange(1, 16) * srt.numel()) // 16]
+    bins = torch.bucketize(lev, cuts, right=True)
+    out = []
+    for i in range(16):
+        sel = bins == i
+        if int(sel.sum()) < 16:
+            continue
+        dev = torch.abs(r[sel] - torch.median(r[sel]))
+        sig = float(torch.kthvalue(dev, max(1, int(0.25 * dev.numel()))).values) / 0.31864
+        out.append((float(torch.median(lev[sel])), sig * sig))
+    return out
+
+
+@pytest.mark.parametrize("levels", ["integer", "continuous"])
+def test_noise_model_bins_equal_a_mask_per_bin(levels, monkeypatch):
+    # the fit reads each bin as a run of the sorted levels; ties at the cuts (integer
+    # images) must fall in the same bins as bucketize puts them
+    from locatlas import clearing
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    lev = rng.integers(90, 140, n) if levels == "integer" else rng.gamma(2.0, 100.0, n)
+    lev = torch.from_numpy(lev.astype(np.float32))
+    r = torch.from_numpy(rng.normal(0, 1, n).astype(np.float32)) * torch.sqrt(lev)
+    fitted, polyfit = [], np.polyfit
+    monkeypatch.setattr(
+        clearing.np, "polyfit", lambda x, y, deg: fitted.append((x, y)) or polyfit(x, y, deg)
+    )
+    clearing._noise_model(torch.stack([lev, r]))
+    mu, var = fitted[0]
+    assert list(zip(mu.tolist(), var.tolist(), strict=True)) == _noise_model_by_masks(lev, r)
+
+
 def test_strength_scales_the_subtracted_background():
     y, bg, _, p = _smooth_background_with_peaks(1)
     full = clear_image(y, pixel_size_um=p, strength=1.0, device="cpu")

@@ -352,18 +352,23 @@ def _noise_model(samples: torch.Tensor) -> tuple[float, float, float]:
     if lev.numel() >= 16 * _N_NOISE_BINS:
         # Bins by level quantiles; everything below depends on the samples as a
         # set, not on their order, so tiled and whole-image fits are identical.
-        srt = torch.sort(lev).values
+        srt, order = torch.sort(lev)
         cuts = srt[(torch.arange(1, _N_NOISE_BINS) * srt.numel()) // _N_NOISE_BINS]
-        bins = torch.bucketize(lev, cuts, right=True)
-        for i in range(_N_NOISE_BINS):
-            sel = bins == i
-            chunk_r = r[sel]
-            if chunk_r.numel() < 16:
+        # Bin i holds the levels with i cuts <= level (bucketize, right=True): in sorted
+        # order one run each, ending before the first level >= its upper cut.
+        ends = torch.searchsorted(srt, cuts).tolist() + [srt.numel()]
+        r_sorted = r[order]
+        start = 0
+        for end in ends:
+            n_bin, a = end - start, start
+            start = end
+            if n_bin < 16:
                 continue
+            chunk_r = r_sorted[a:end]
             dev = torch.abs(chunk_r - torch.median(chunk_r))
-            k = max(1, int(0.25 * dev.numel()))
+            k = max(1, int(0.25 * n_bin))
             sig = float(torch.kthvalue(dev, k).values) / _Q25_ABS_NORMAL
-            mus.append(float(torch.median(lev[sel])))
+            mus.append(float(srt[a + (n_bin - 1) // 2]))  # torch.median: the lower median
             vs.append(sig * sig)
     mu, var = np.asarray(mus), np.asarray(vs)
     if mu.size == 0:
