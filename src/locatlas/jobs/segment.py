@@ -152,11 +152,11 @@ def run_segment(
             segment, groups, workers=threads
         ):
             # fields were segmented in time order; crops go out in field-id order
-            order = np.argsort([q["field_id"] for q in view_qc], kind="stable")
-            if len(view_tables) == len(order):
-                view_tables = [view_tables[i] for i in order]
-                view_crops = [view_crops[i] for i in order]
-                view_masks = [view_masks[i] for i in order]
+            by_id = np.argsort([q["field_id"] for q in view_qc], kind="stable")
+            if len(view_tables) == len(by_id):  # (a failed view has no tables)
+                view_tables = [view_tables[i] for i in by_id]
+                view_crops = [view_crops[i] for i in by_id]
+                view_masks = [view_masks[i] for i in by_id]
             for c, m in zip(view_crops, view_masks, strict=True):
                 writer.append(c, m)
             tables += view_tables
