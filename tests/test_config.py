@@ -53,18 +53,20 @@ def test_wrong_type_is_named_with_its_path():
 
 
 def test_training_defaults_match_train_params():
-    """The schema documents localize.train; its defaults must be TrainParams' own."""
+    """The schema documents localize.train; its defaults must be TrainParams' own
+    (splits and max_cells choose the training cells: the train job reads them)."""
     import dataclasses
 
     from locatlas.localize.train import TrainParams
 
     props = load_schema()["properties"]["localize"]["properties"]["train"]["properties"]
     fields = {f.name: f.default for f in dataclasses.fields(TrainParams)}
-    assert set(props) - {"splits"} == set(fields)
+    assert set(props) - {"splits", "max_cells"} == set(fields)
     for name, default in fields.items():
         assert props[name]["default"] == default, name
     filled = validate_config({})["localize"]["train"]
     filled.pop("splits")
+    assert filled.pop("max_cells") == 50_000
     assert TrainParams.from_any(filled) == TrainParams()
 
 
