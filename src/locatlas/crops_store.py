@@ -32,12 +32,14 @@ class CropsWriter:
     """Appends crops (n, C, S, S) and masks (n, 2, S, S) in order, a whole chunk of
     cells at a time: a shard's crops are never all in memory at once."""
 
-    def __init__(self, path: Path, *, size_px: int, chunk: int = _CHUNK_CELLS) -> None:
-        self._path, self._size, self._chunk = path, int(size_px), int(chunk)
+    def __init__(
+        self, path: Path, *, size_px: int, chunk: int = _CHUNK_CELLS, name: str | None = None
+    ) -> None:
+        # ``name``: the store errors name (the final path of a store written elsewhere first)
+        self._path, self._size, self._chunk = name or str(path), int(size_px), int(chunk)
         self._root = zarr.open_group(str(path), mode="w", zarr_format=3)
         self._arrays: tuple[zarr.Array, zarr.Array] | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._n_pending = 0
         self._layout: tuple | None = None
         self.n = 0  # cells written so far
 
@@ -54,8 +56,7 @@ class CropsWriter:
                         f"{want[0]} {want[1]}"
                     )
             self._pending.append((crops, masks))
-            self._n_pending += crops.shape[0]
-            if self._n_pending >= self._chunk:
+            if sum(c.shape[0] for c, _ in self._pending) >= self._chunk:
                 self._flush(final=False)
 
     def close(self, attrs: dict) -> None:
@@ -73,7 +74,6 @@ class CropsWriter:
         k = crops.shape[0] if final else crops.shape[0] // self._chunk * self._chunk
         self._write(crops[:k], masks[:k])
         self._pending = [(crops[k:], masks[k:])] if k < crops.shape[0] else []
-        self._n_pending = crops.shape[0] - k
 
     def _create(self, crops: np.ndarray, masks: np.ndarray) -> tuple[zarr.Array, zarr.Array]:
         self._arrays = tuple(
@@ -102,15 +102,13 @@ def crops_writer(path: str | Path, *, size_px: int, attrs: dict) -> Iterator[Cro
     """A :class:`CropsWriter` on a temporary store, renamed onto ``path`` once the
     block exits without error (with ``attrs``: channels, µm/px, size)."""
     with atomic_path(path) as tmp:
-        writer = CropsWriter(tmp, size_px=size_px)
+        writer = CropsWriter(tmp, size_px=size_px, name=str(path))
         yield writer
         writer.close(attrs)
 
 
 def write_crops(path: str | Path, crops: np.ndarray, masks: np.ndarray, *, attrs: dict) -> Path:
     """Write crops (N, C, S, S) and masks (N, 2, S, S) with ``attrs`` (channels, µm/px, size)."""
-    if crops.shape[0] != masks.shape[0]:
-        raise ValueError(f"{path}: {crops.shape[0]} crops but {masks.shape[0]} masks")
     with crops_writer(path, size_px=crops.shape[-1], attrs=attrs) as writer:
         writer.append(crops, masks)
     return Path(path)

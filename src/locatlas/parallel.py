@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
+from itertools import islice
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -92,18 +93,12 @@ def imap_ordered(
 
 def _windowed(submit, fn: Callable[[T], R], items: Sequence[T], window: int) -> Iterator[R]:
     """Submit ``items`` keeping ``window`` in flight; yield their results in order."""
-    pending: deque = deque()
     todo = iter(items)
-    for item in todo:
-        pending.append(submit(fn, item))
-        if len(pending) >= window:
-            break
+    pending = deque(submit(fn, item) for item in islice(todo, window))
     while pending:
         yield pending.popleft().result()
         # the next item starts once the caller is done with this result
-        for item in todo:
-            pending.append(submit(fn, item))
-            break
+        pending.extend(submit(fn, item) for item in islice(todo, 1))
 
 
 #: Thread-pool sizes a job inherits (Snakemake exports each as ``{threads}``). OpenMP's
