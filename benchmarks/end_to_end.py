@@ -67,28 +67,10 @@ def stage_cpu(work: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("rule", as_index=False).sum()
 
 
-# What each per-field rule's job imports before its first field (the CLI, the job
-# module and the libraries it loads lazily: torch for clear and localize); importing
-# them in a fresh interpreter is the job's fixed start-up.
-JOB_IMPORTS = {
-    "normalize": "locatlas.jobs.normalize, locatlas.normalize, locatlas.ingest.readers",
-    "clear": "locatlas.jobs.clear, locatlas.clearing, locatlas.omezarr",
-    "segment": "locatlas.jobs.segment, locatlas.segment, locatlas.omezarr",
-    "localize": "locatlas.jobs.localize, locatlas.localize.infer, locatlas.localize.labelfree",
-}
-JOB_MODULE = {
-    "flatfield": "normalize",
-    "normalize": "normalize",
-    "plate_metadata": "normalize",
-    "clear": "clear",
-    "segment": "segment",
-    "localize": "localize",
-}
-
-
-def startup_cpu(job: str, repeats: int = 3) -> float:
-    """CPU seconds of a fresh interpreter importing what a job imports (best of n)."""
-    code = f"import locatlas.cli, {JOB_IMPORTS[job]}"
+def startup_cpu(rule: str, repeats: int = 3) -> float:
+    """CPU seconds of a fresh interpreter starting a ``rule`` job: the CLI and the modules
+    it preloads for the job (torch for clear and localize), as the job does (best of n)."""
+    code = f"from locatlas.cli import preload; preload({rule!r})"
     best = float("inf")
     for _ in range(repeats):
         r0 = os.times()
@@ -124,10 +106,10 @@ def main(argv=None) -> int:
             rule: len(list((work / "results" / "benchmarks" / rule).glob("*.tsv")))
             for rule in PER_FIELD
         }
-    startup = {job: startup_cpu(job) for job in JOB_IMPORTS}
+    startup = {rule: startup_cpu(rule) for rule in PER_FIELD}
     per_field = cpu[cpu["rule"].isin(PER_FIELD)].copy()
     per_field["jobs"] = per_field["rule"].map(jobs)
-    per_field["startup_s_per_job"] = per_field["rule"].map(lambda r: startup[JOB_MODULE[r]])
+    per_field["startup_s_per_job"] = per_field["rule"].map(startup)
     per_field["cpu_s_per_field"] = per_field["cpu_s"] / n_fields
     # the same stage without its jobs' start-up: what a field costs in a big shard
     per_field["marginal_s_per_field"] = (

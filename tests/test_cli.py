@@ -1,0 +1,38 @@
+"""The CLI's start-up: each job's modules imported once, without cyclic collections."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from locatlas.cli import JOB_MODULES
+
+# In a fresh interpreter (freezing is process-wide): collections run during the
+# preload, what got imported, and the collector's state afterwards.
+_PROBE = """
+import gc, json, sys
+from locatlas.cli import JOB_MODULES, preload
+before = sum(s["collections"] for s in gc.get_stats())
+preload(sys.argv[1])
+print(json.dumps({
+    "collections": sum(s["collections"] for s in gc.get_stats()) - before,
+    "missing": [m for m in JOB_MODULES[sys.argv[1]] if m not in sys.modules],
+    "enabled": gc.isenabled(),
+    "frozen": gc.get_freeze_count(),
+}))
+"""
+
+
+@pytest.mark.parametrize("command", sorted(JOB_MODULES))
+def test_preload_imports_a_jobs_modules_without_collections_and_freezes_them(command):
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, command], check=True, capture_output=True, text=True
+    ).stdout
+    probe = json.loads(out)
+    assert probe["missing"] == []
+    assert probe["collections"] == 0  # torch's import alone triggers dozens otherwise
+    assert probe["enabled"]  # the job's own per-field garbage is still collected
+    assert probe["frozen"] > 10_000
