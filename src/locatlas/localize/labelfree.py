@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from locatlas.localize.data import check_crops
-from locatlas.localize.morphology import dilate, erode
+from locatlas.localize.morphology import dilate, dilate_mask, erode, erode_mask
 
 REFERENCE_ROLES = ("nucleus", "microtubules", "er")
 
@@ -31,13 +31,41 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp_min(1e-12), torch.full_like(a, float("nan")))
 
 
-def _pearson(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    n = _sum(m).clamp_min(1)
-    mx = (_sum(x * m) / n)[:, None, None, None]
-    my = (_sum(y * m) / n)[:, None, None, None]
-    dx, dy = (x - mx) * m, (y - my) * m
-    den = torch.sqrt(_sum(dx * dx) * _sum(dy * dy))
-    return _ratio(_sum(dx * dy), den)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-crop Σ a·b of two (N, 1, S, S) tensors as a batched matrix product: no
+    full-size product tensor, and blocked, vectorized sums."""
+    n = a.shape[0]
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).reshape(n)
+
+
+def _centred(x: torch.Tensor, m: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``(x - mean of x in m) · m``, the mean taken per crop over the mask ``m``."""
+    mean = (_dot(x, m) / count)[:, None, None, None]
+    return (x - mean).mul_(m)
+
+
+def _pearson(dx: torch.Tensor, sxx: torch.Tensor, y: torch.Tensor, m, count) -> torch.Tensor:
+    """Pearson correlation in the mask ``m`` of x (given centred, ``dx``, with its sum of
+    squares ``sxx``, shared by every reference) with ``y``."""
+    dy = _centred(y, m, count)
+    return _ratio(_dot(dx, dy), torch.sqrt(sxx * _dot(dy, dy)))
+
+
+def _low_value(p: torch.Tensor, k: int, half: np.ndarray | None) -> torch.Tensor:
+    """The ``k``-th smallest value (1-based) of each crop of ``p`` (N, 1, S, S).
+
+    ``half`` (optional) is the same channel as float16, as the crops are stored: its
+    bits, made order-preserving (sign bit flipped for values >= 0, all bits for
+    negative ones), select the same value with numpy's SIMD uint16 partition, ~25×
+    faster than ``torch.kthvalue``.
+    """
+    if half is None:
+        return p.flatten(1).kthvalue(k, dim=1).values
+    bits = np.ascontiguousarray(half).reshape(len(half), -1).view(np.uint16)
+    flip = np.where(bits >= 0x8000, np.uint16(0xFFFF), np.uint16(0x8000))
+    key = np.partition(bits ^ flip, k - 1, axis=1)[:, k - 1]
+    back = np.where(key >= 0x8000, np.uint16(0x8000), np.uint16(0xFFFF))
+    return torch.from_numpy((key ^ back).view(np.float16).astype(np.float32))
 
 
 def label_free_scores(
@@ -102,33 +130,39 @@ def label_free_scores(
         cols.setdefault(name, []).append(v.float().numpy())
 
     n = crops.shape[0]
+    kth = max(1, int(round(background_percentile / 100 * s * crops.shape[-2])))
     for a in range(0, n, chunk):
-        c = torch.from_numpy(np.asarray(crops[a : a + chunk], dtype=np.float32))
-        m = torch.from_numpy(np.asarray(masks[a : a + chunk]).astype(np.float32))
+        raw = np.asarray(crops[a : a + chunk])
+        c = torch.from_numpy(raw.astype(np.float32))
+        mk = torch.from_numpy(np.asarray(masks[a : a + chunk], dtype=np.uint8))
         p = c[:, ip : ip + 1]
-        flat = p.flatten(1)
-        kth = max(1, int(round(background_percentile / 100 * flat.shape[1])))
-        bg = flat.kthvalue(kth, dim=1).values[:, None, None, None]
+        half = raw[:, ip : ip + 1] if raw.dtype == np.float16 else None
+        bg = _low_value(p, kth, half)[:, None, None, None]
         p = (p - bg).clamp_min(0)
-        cell = m[:, 0:1]
-        nuc = m[:, 1:2] * cell
-        cyto = cell - nuc
-        tot = _sum(p * cell)
-        add("lf_protein_mean", _ratio(tot, _sum(cell)))
-        add("lf_nuclear_fraction", _ratio(_sum(p * nuc), tot))
-        mean_n = _ratio(_sum(p * nuc), _sum(nuc))
-        mean_c = _ratio(_sum(p * cyto), _sum(cyto))
+        # masks stay uint8 through the morphology (4x less memory traffic than float)
+        cell_u8 = mk[:, 0:1]
+        nuc_u8 = mk[:, 1:2] * cell_u8
+        band_u8 = cell_u8 - erode_mask(cell_u8, rim)
+        near_u8 = dilate_mask(nuc_u8, peri) * (cell_u8 - nuc_u8)
+        cell, nuc, band, near = (x.float() for x in (cell_u8, nuc_u8, band_u8, near_u8))
+        n_cell, n_nuc = _sum(cell), _sum(nuc)
+        tot, in_nuc = _dot(p, cell), _dot(p, nuc)
+        in_cyto = _dot(p, cell - nuc)
+        add("lf_protein_mean", _ratio(tot, n_cell))
+        add("lf_nuclear_fraction", _ratio(in_nuc, tot))
+        mean_n = _ratio(in_nuc, n_nuc)
+        mean_c = _ratio(in_cyto, n_cell - n_nuc)
         add("lf_nuc_cyto_log2", torch.log2(_ratio(mean_n + 1e-4, mean_c + 1e-4)))
-        band = cell - erode(cell, rim) * cell
-        add(
-            "lf_rim_enrichment", _ratio(_ratio(_sum(p * band), _sum(band)), _ratio(tot, _sum(cell)))
-        )
-        near = dilate(nuc, peri) * cyto
-        add("lf_perinuclear_fraction", _ratio(_sum(p * near), _sum(p * cyto)))
+        add("lf_rim_enrichment", _ratio(_ratio(_dot(p, band), _sum(band)), _ratio(tot, n_cell)))
+        add("lf_perinuclear_fraction", _ratio(_dot(p, near), in_cyto))
         opened = dilate(erode(p, spot), spot)
-        add("lf_punctateness", _ratio(_sum((p - opened).clamp_min(0) * cell), tot))
+        add("lf_punctateness", _ratio(_dot(opened.neg_().add_(p).clamp_min_(0), cell), tot))
+        if refs:
+            count = n_cell.clamp_min(1)
+            dp = _centred(p, cell, count)
+            spp = _dot(dp, dp)
         for role, ir in refs:
-            add(f"lf_pearson_{role}", _pearson(p, c[:, ir : ir + 1], cell))
+            add(f"lf_pearson_{role}", _pearson(dp, spp, c[:, ir : ir + 1], cell, count))
     if n == 0:
         names = [
             "lf_protein_mean", "lf_nuclear_fraction", "lf_nuc_cyto_log2", "lf_rim_enrichment",
