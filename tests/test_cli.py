@@ -36,3 +36,27 @@ def test_preload_imports_a_jobs_modules_without_collections_and_freezes_them(com
     assert probe["collections"] == 0  # torch's import alone triggers dozens otherwise
     assert probe["enabled"]  # the job's own per-field garbage is still collected
     assert probe["frozen"] > 10_000
+
+
+def test_every_preloaded_command_exists():
+    from locatlas.cli import _HANDLERS
+
+    assert set(JOB_MODULES) <= set(_HANDLERS)
+
+
+def test_a_job_logs_its_own_cpu_time_and_peak_memory_last():
+    from pathlib import Path
+
+    from locatlas.jobs.common import parse_resources
+
+    config = Path(__file__).resolve().parents[1] / "config" / "tiny.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "locatlas", "validate-config", str(config)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    last = run.stderr.strip().splitlines()[-1]
+    res = parse_resources(last)
+    assert res is not None, run.stderr
+    assert set(res) == {"cpu_user_s", "cpu_sys_s", "max_rss_mb"}
+    # the interpreter and the CLI's imports alone take tens of ms and tens of MB
+    assert res["cpu_user_s"] + res["cpu_sys_s"] > 0.01 and res["max_rss_mb"] > 10

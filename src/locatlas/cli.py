@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 JOB_MODULES = {
     "normalize": ("locatlas.jobs.normalize", "locatlas.normalize", "locatlas.omezarr"),
     "flatfield": ("locatlas.jobs.normalize", "locatlas.normalize"),
-    "plate_metadata": ("locatlas.jobs.normalize", "locatlas.omezarr"),
+    "plate-metadata": ("locatlas.jobs.normalize", "locatlas.omezarr"),
     "clear": ("torch", "locatlas.jobs.clear", "locatlas.clearing", "locatlas.omezarr"),
     "segment": ("locatlas.jobs.segment", "locatlas.segment", "locatlas.omezarr"),
     "localize": ("torch", "locatlas.jobs.localize", "locatlas.localize"),
@@ -192,7 +192,7 @@ def preload(command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .allocator import keep_freed_memory
-    from .jobs.common import setup_logging
+    from .jobs.common import log_resources, setup_logging
 
     keep_freed_memory()  # before the first field's arrays
 
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preload(args.command)
     handler = _HANDLERS[args.command]
     result = handler(args)
+    log_resources()  # what the job cost, for sizing cluster requests
     return int(result or 0)
 
 

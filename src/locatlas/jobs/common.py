@@ -62,6 +62,37 @@ def views(rows: pd.DataFrame) -> list[pd.DataFrame]:
     return [g.reset_index(drop=True) for _, g in rows.groupby("view_id", sort=True)]
 
 
+#: The line a job logs last: its own CPU time and peak memory (:func:`log_resources`).
+RESOURCES_PREFIX = "resources:"
+
+
+def job_resources() -> dict[str, float]:
+    """CPU seconds (user, system: all threads, and child processes that were waited
+    for) and peak resident memory (MB) of this process so far."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_user_s": round(own.ru_utime + kids.ru_utime, 3),
+        "cpu_sys_s": round(own.ru_stime + kids.ru_stime, 3),
+        "max_rss_mb": round(max(own.ru_maxrss, kids.ru_maxrss) / 1024, 1),  # kB on Linux
+    }
+
+
+def log_resources() -> None:
+    """Log :func:`job_resources` as JSON after :data:`RESOURCES_PREFIX`. Exact where
+    Snakemake's benchmark files are not: they poll every 0.5 s, so a job's last
+    interval (a whole short job) is missing from their ``cpu_time``."""
+    log.info("%s %s", RESOURCES_PREFIX, json.dumps(job_resources(), sort_keys=True))
+
+
+def parse_resources(line: str) -> dict[str, float] | None:
+    """The resources a :func:`log_resources` line holds; None for any other line."""
+    _, sep, rest = line.partition(f" {RESOURCES_PREFIX} ")
+    return json.loads(rest) if sep else None
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level,

@@ -134,7 +134,7 @@ def label_free_scores(
     for a in range(0, n, chunk):
         raw = np.asarray(crops[a : a + chunk])
         c = torch.from_numpy(raw.astype(np.float32))
-        mk = torch.from_numpy(np.asarray(masks[a : a + chunk], dtype=np.uint8))
+        mk = torch.from_numpy((np.asarray(masks[a : a + chunk]) != 0).view(np.uint8))
         p = c[:, ip : ip + 1]
         half = raw[:, ip : ip + 1] if raw.dtype == np.float16 else None
         bg = _low_value(p, kth, half)[:, None, None, None]
