@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: The modules each per-field job imports (most of them lazily, inside the job code).
 #: Imported up front with the cyclic garbage collector paused, then frozen: torch alone
 #: makes ~10^5 long-lived objects, and the collections that its import triggers, and
-#: every later full collection that walks them again, cost 0.1-0.4 CPU s per job.
+#: every later full collection that walks them again, cost 0.1-0.5 CPU s per job.
 JOB_MODULES = {
     "normalize": ("locatlas.jobs.normalize", "locatlas.normalize", "locatlas.omezarr"),
     "flatfield": ("locatlas.jobs.normalize", "locatlas.normalize"),
