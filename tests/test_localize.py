@@ -573,7 +573,7 @@ def test_label_free_background_is_the_low_percentile_of_float16_crops():
         assert torch.equal(_low_value(p, k, half), _low_value(p, k, None)), k
 
 
-# A training run of ~3 min: in the default suite on purpose, as it checks the issue's
+# A training run of ~4 min: in the default suite on purpose, as it checks the issue's
 # acceptance number on every change.
 def test_held_out_simulated_proteins_macro_f1(tmp_path):
     """The issue's acceptance number: proteins never seen in training, macro-F1 >= 0.90."""
