@@ -142,16 +142,18 @@ def label_free_scores(
         # masks stay uint8 through the morphology (4x less memory traffic than float)
         cell_u8 = mk[:, 0:1]
         nuc_u8 = mk[:, 1:2] * cell_u8
+        cyto_u8 = cell_u8 - nuc_u8
         band_u8 = cell_u8 - erode_mask(cell_u8, rim)
-        near_u8 = dilate_mask(nuc_u8, peri) * (cell_u8 - nuc_u8)
-        cell, nuc, band, near = (x.float() for x in (cell_u8, nuc_u8, band_u8, near_u8))
-        n_cell, n_nuc = _sum(cell), _sum(nuc)
-        tot, in_nuc = _dot(p, cell), _dot(p, nuc)
-        in_cyto = _dot(p, cell - nuc)
+        near_u8 = dilate_mask(nuc_u8, peri) * cyto_u8
+        cell, nuc, cyto, band, near = (
+            x.float() for x in (cell_u8, nuc_u8, cyto_u8, band_u8, near_u8)
+        )
+        n_cell = _sum(cell)
+        tot, in_nuc, in_cyto = _dot(p, cell), _dot(p, nuc), _dot(p, cyto)
         add("lf_protein_mean", _ratio(tot, n_cell))
         add("lf_nuclear_fraction", _ratio(in_nuc, tot))
-        mean_n = _ratio(in_nuc, n_nuc)
-        mean_c = _ratio(in_cyto, n_cell - n_nuc)
+        mean_n = _ratio(in_nuc, _sum(nuc))
+        mean_c = _ratio(in_cyto, _sum(cyto))
         add("lf_nuc_cyto_log2", torch.log2(_ratio(mean_n + 1e-4, mean_c + 1e-4)))
         add("lf_rim_enrichment", _ratio(_ratio(_dot(p, band), _sum(band)), _ratio(tot, n_cell)))
         add("lf_perinuclear_fraction", _ratio(_dot(p, near), in_cyto))
