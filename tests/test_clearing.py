@@ -228,6 +228,25 @@ def test_tiled_equals_untiled_no_seams():
     )
 
 
+def test_an_axis_that_fits_in_a_tile_is_one_tile():
+    # 2048 px at m = 3 would be cut at 2046 (the largest multiple of m) into a tile and
+    # a 2-px sliver; the sliver cost a copy and a pass of every step for nothing
+    from locatlas.clearing import _Baseline
+
+    y = np.random.default_rng(0).poisson(100.0, (1, 2048, 700)).astype(np.float32)
+    base = _Baseline(
+        y, pixel_size_um=0.2, feature_scale_um=5.0, z_step_um=None, feature_scale_z_um=None,
+        iterations=2, threshold=4.0, tile_size=2048, dev=torch.device("cpu"),
+    )  # fmt: skip
+    assert base.m == 3 and base.rows == [(0, 2048)] and base.cols == [(0, 700)]
+    cut = _Baseline(
+        y, pixel_size_um=0.2, feature_scale_um=5.0, z_step_um=None, feature_scale_z_um=None,
+        iterations=2, threshold=4.0, tile_size=1024, dev=torch.device("cpu"),
+    )  # fmt: skip
+    assert cut.rows == [(0, 1023), (1023, 2046), (2046, 2048)] and cut.cols == [(0, 700)]
+    np.testing.assert_allclose(cut.coarse.numpy(), base.coarse.numpy(), rtol=0, atol=1e-3)
+
+
 def test_cpu_results_are_deterministic(plane_case):
     y, _, _ = plane_case
     a = clear_image(y, pixel_size_um=0.1, mode="combined", iterations=5, device="cpu", **OPTICS)

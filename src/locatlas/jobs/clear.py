@@ -47,7 +47,7 @@ def clear_field(image: np.ndarray, *, roles, pixel_size_um, z_step_um, params: d
     info = np.iinfo(image.dtype) if np.issubdtype(image.dtype, np.integer) else None
     for t in range(image.shape[0]):
         for c, role in enumerate(roles):
-            stack = image[t, c].astype(np.float32)
+            stack = image[t, c]  # clear_image converts to float32 (one pass)
             plane_or_stack = stack[0] if stack.shape[0] == 1 else stack
             cleared = clear_image(
                 plane_or_stack,
