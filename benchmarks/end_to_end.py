@@ -36,10 +36,11 @@ from locatlas.jobs.common import RESOURCES_PREFIX, parse_resources
 
 REPO = Path(__file__).resolve().parents[1]
 PER_FIELD = ["flatfield", "normalize", "plate_metadata", "clear", "segment", "localize"]
+THREADED = ["normalize", "clear", "segment", "localize"]
 ONCE = ["simulate", "ingest", "train", "evaluate", "aggregate"]
 
 
-def run(work: Path, cores: int, per_plate: int) -> float:
+def run(work: Path, cores: int, per_plate: int, threads: int | None = None) -> float:
     config = work / "bench.yaml"
     # one shard per plate: each job's start-up is shared by `per_plate` fields here,
     # by 100-500 in a cluster run
@@ -53,10 +54,14 @@ def run(work: Path, cores: int, per_plate: int) -> float:
     )
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    # threads per job of the per-field stages (the rules' own default when None): a
+    # cluster packs single-thread jobs as well as multi-thread ones
+    set_threads = ["--set-threads", *(f"{r}={threads}" for r in THREADED)] if threads else []
     t0 = time.perf_counter()
     subprocess.run(
         [str(bin_dir / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
-         str(work), "--configfile", str(config), "--cores", str(cores), "--quiet"],
+         str(work), "--configfile", str(config), "--cores", str(cores), "--quiet",
+         *set_threads],
         env=env, check=True,
     )  # fmt: skip
     return time.perf_counter() - t0
@@ -114,12 +119,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--per-plate", type=int, default=16, help="fields per plate (= per shard)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="threads per normalize/clear/segment/localize job (default: the rules' own, 2)",
+    )
     ap.add_argument("--keep", help="run in this folder and keep it")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        wall = run(work, args.cores, args.per_plate)
+        wall = run(work, args.cores, args.per_plate, args.threads)
         n_fields = len(pd.read_parquet(work / "results/manifest/manifest.parquet"))
         cpu = stage_cpu(work)
         decode = decode_baseline(work)
@@ -143,8 +153,10 @@ def main(argv=None) -> int:
         + (per_field["startup_s_per_job"] / 128.0).sum()  # one job per 128-field shard
     )
     base = 3600.0 / max(decode / n_fields, 1e-9)
+    per_job = f"{args.threads} thread(s)" if args.threads else "the rules' threads"
     print(
-        f"{n_fields} fields of 4 x 2048² uint16, workflow wall {wall:.0f} s on {args.cores} cores\n"
+        f"{n_fields} fields of 4 x 2048² uint16, workflow wall {wall:.0f} s on {args.cores} "
+        f"cores, {per_job} per job\n"
     )
     cols = ["rule", "jobs", "cpu_s", "polled_cpu_s", "startup_s_per_job", "cpu_s_per_field",
             "marginal_s_per_field"]  # fmt: skip
