@@ -485,8 +485,9 @@ def _tile_ranges(n: int, tile: int) -> list[tuple[int, int]]:
 class _Baseline:
     """Coarse background of an image; full-resolution tiles on demand.
 
-    The image is read tile by tile (``tile_size`` pixels, a multiple of the block
-    size ``m``) to fit the noise model and to build the coarse grid of block means;
+    The image is read tile by tile (``tile_size`` pixels rounded down to a multiple
+    of the block size ``m``; an axis no longer than ``tile_size`` is one tile) to fit
+    the noise model and to build the coarse grid of block means;
     the background is solved once on the whole coarse grid (``1/m²`` of the
     image), so tiles need no overlap and are exact.
     """
