@@ -30,11 +30,12 @@ def _max_1d(x: torch.Tensor, r: int, dim: int, fill: float = float("-inf")) -> t
     return torch.maximum(cur.narrow(dim, 0, n - (k - w)), cur.narrow(dim, k - w, n - (k - w)))
 
 
-def dilate(m: torch.Tensor, r: int) -> torch.Tensor:
-    """Grey dilation by a (2r+1)² square: separable, one 1D running max per axis."""
+def dilate(m: torch.Tensor, r: int, fill: float = float("-inf")) -> torch.Tensor:
+    """Grey dilation by a (2r+1)² square: separable, one 1D running max per axis
+    (``fill`` outside the image)."""
     if r <= 0:
         return m
-    return _max_1d(_max_1d(m, r, -1), r, -2)
+    return _max_1d(_max_1d(m, r, -1, fill), r, -2, fill)
 
 
 def erode(m: torch.Tensor, r: int) -> torch.Tensor:
@@ -44,9 +45,7 @@ def erode(m: torch.Tensor, r: int) -> torch.Tensor:
 
 def dilate_mask(m: torch.Tensor, r: int) -> torch.Tensor:
     """:func:`dilate` of a 0/1 uint8 mask, in uint8 (nothing outside the image)."""
-    if r <= 0:
-        return m
-    return _max_1d(_max_1d(m, r, -1, fill=0), r, -2, fill=0)
+    return dilate(m, r, fill=0)
 
 
 def erode_mask(m: torch.Tensor, r: int) -> torch.Tensor:
