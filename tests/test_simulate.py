@@ -361,6 +361,13 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+def test_more_proteins_than_wells_names_the_plate(tmp_path):
+    params = {**SMALL, "train": {"n_proteins": 97, "plates": ["P01"]}}
+    with pytest.raises(ValueError, match="plate P01: 97 wells do not fit on a 96-well plate"):
+        write_atlas(tmp_path, preset="tiny", **params)
+    assert not (tmp_path / "images").exists()  # refused before any field was simulated
+
+
 def test_write_atlas_layout_and_reproducibility(tmp_path):
     import tifffile
 

@@ -251,7 +251,13 @@ def _plan(params: dict, seed: int) -> tuple[list[dict], list[ProteinSpec], dict[
         shape = [int(v) for v in (shape or params["shape"])]
         k = wells_used.get(plate, 0)
         wells_used[plate] = k + 1
-        well = _wells(k + 1)[k]
+        try:
+            well = _wells(k + 1)[k]
+        except ValueError as err:
+            raise ValueError(
+                f"plate {plate}: {err} (one protein per well: lower n_proteins, or add "
+                "plates or fields_per_well)"
+            ) from None
         plates_of.setdefault(protein.name, [])
         if plate not in plates_of[protein.name]:
             plates_of[protein.name].append(plate)
