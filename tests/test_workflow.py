@@ -50,3 +50,39 @@ def test_report_has_the_accuracy_and_quarantine_sections(tiny_run):
     html = (tiny_run / "results" / "atlas" / "report.html").read_text()
     for title in ("Accuracy against ground truth", "Quarantine", "Provenance", "Field QC"):
         assert title in html
+
+
+def _localize_runtimes(dry_run_output: str) -> dict[str, int]:
+    """shard -> runtime (minutes) of each localize job in a dry run's job list."""
+    out = {}
+    for block in dry_run_output.split("rule localize:")[1:]:
+        shard = block.split("wildcards: shard=")[1].split()[0]
+        out[shard] = int(block.split("runtime=")[1].split(",")[0])
+    return out
+
+
+def test_localize_runtime_is_predicted_from_the_shard_cells(tiny_run, tmp_path):
+    """A localize job asks SLURM for minutes in proportion to its shard's cells (read
+    from the segment table's footer once it exists), not a fixed allowance per field:
+    1 minute per field had asked 8.4 hours for a 500-field shard that runs in minutes."""
+    import math
+    import shutil
+
+    from workflow_utils import snakemake
+
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    cells = sorted((work / "results" / "cells").glob("shard-*.parquet"))
+    crowded = cells[0].name.removeprefix("shard-").removesuffix(".parquet")
+    pd.DataFrame({"cell_id": np.arange(100_000, dtype=np.int32)}).to_parquet(cells[0])
+    proc = snakemake(work, "--dry-run", "--forcerun", "localize")
+    runtimes = _localize_runtimes(proc.stdout)
+    assert set(runtimes) == {p.name[6:-8] for p in cells}
+
+    def minutes(n_cells: int) -> int:  # localize_runtime(0.004 s per cell), 2 threads
+        return 5 + math.ceil(3 * n_cells * 0.004 / 60 / 2)
+
+    assert runtimes[crowded] == minutes(100_000) == 15
+    for path in cells[1:]:
+        shard = path.name[6:-8]
+        assert runtimes[shard] == minutes(len(pd.read_parquet(path))) < 15

@@ -149,6 +149,32 @@ def runtime_for(seconds_per_mpx, base_min=2):
     return runtime
 
 
+def parquet_rows(path):
+    """Rows of a parquet table from its footer; None before it exists (a dry run)."""
+    if not Path(path).exists():
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
+def localize_runtime(seconds_per_cell, seconds_per_mpx, base_min=5):
+    """Minutes for a localize job (with a 3x margin): from the shard's cells once
+    segment has written their table (Snakemake re-evaluates resources when a job is
+    ready), before that from fields x megapixels. Test-time augmentation is 8 passes."""
+    passes = 8 if config["localize"].get("tta") else 1
+
+    def runtime(wildcards, input, threads):
+        cells = parquet_rows(input.cells)
+        if cells is None:
+            work = shard_fields(wildcards) * shard_mpx(wildcards) * seconds_per_mpx
+        else:
+            work = cells * seconds_per_cell
+        return int(base_min + math.ceil(3 * passes * work / 60 / max(1, threads)))
+
+    return runtime
+
+
 def clear_example_inputs():
     example = config["clear"].get("example_stack")
     if (
