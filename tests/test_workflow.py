@@ -73,8 +73,11 @@ def test_localize_runtime_is_predicted_from_the_shard_cells(tiny_run, tmp_path):
     work = tmp_path / "run"
     shutil.copytree(tiny_run, work, symlinks=True)
     cells = sorted((work / "results" / "cells").glob("shard-*.parquet"))
-    crowded = cells[0].name.removeprefix("shard-").removesuffix(".parquet")
+    crowded, unreadable = (
+        p.name.removeprefix("shard-").removesuffix(".parquet") for p in cells[:2]
+    )
     pd.DataFrame({"cell_id": np.arange(100_000, dtype=np.int32)}).to_parquet(cells[0])
+    cells[1].write_bytes(b"not a parquet file")
     proc = snakemake(work, "--dry-run", "--forcerun", "localize")
     runtimes = _localize_runtimes(proc.stdout)
     assert set(runtimes) == {p.name[6:-8] for p in cells}
@@ -83,6 +86,11 @@ def test_localize_runtime_is_predicted_from_the_shard_cells(tiny_run, tmp_path):
         return 5 + math.ceil(3 * n_cells * 0.004 / 60 / 2)
 
     assert runtimes[crowded] == minutes(100_000) == 15
-    for path in cells[1:]:
+    for path in cells[2:]:
         shard = path.name[6:-8]
         assert runtimes[shard] == minutes(len(pd.read_parquet(path))) < 15
+    # an unreadable table does not stop the workflow: fields x megapixels (0.05 s/Mpx)
+    shards = pd.read_csv(work / "results/manifest/shards.tsv", sep="\t", dtype={"shard": str})
+    row = shards.set_index("shard").loc[unreadable]
+    work_s = row["n_fields"] * row["max_field_mpx"] * 0.05
+    assert runtimes[unreadable] == 5 + math.ceil(3 * work_s / 60 / 2)

@@ -150,12 +150,16 @@ def runtime_for(seconds_per_mpx, base_min=2):
 
 
 def parquet_rows(path):
-    """Rows of a parquet table from its footer; None before it exists (a dry run)."""
-    if not Path(path).exists():
-        return None
+    """Rows of a parquet table from its footer; None before it exists (a dry run) or
+    where it cannot be read (the job itself then says why; a resource estimate must not
+    stop the workflow)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_metadata(path).num_rows
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def localize_runtime(seconds_per_cell, seconds_per_mpx, base_min=5):
