@@ -255,8 +255,8 @@ def _plan(params: dict, seed: int) -> tuple[list[dict], list[ProteinSpec], dict[
             well = _wells(k + 1)[k]
         except ValueError as err:
             raise ValueError(
-                f"plate {plate}: {err} (one protein per well: lower n_proteins, or add "
-                "plates or fields_per_well)"
+                f"plate {plate}: {err} (one protein per well: lower n_proteins or add "
+                "plates; fields_per_well gives each protein more fields)"
             ) from None
         plates_of.setdefault(protein.name, [])
         if plate not in plates_of[protein.name]:
