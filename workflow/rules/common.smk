@@ -139,12 +139,18 @@ def train_mem_mb():
     return int(3000 + 1.3 * max_cells * cell_bytes / 1e6)
 
 
+def minutes_for(work_s, threads, base_min):
+    """A runtime request in minutes: start-up plus 3x the predicted CPU seconds, shared
+    by the job's threads."""
+    return int(base_min + math.ceil(3 * work_s / 60 / max(1, threads)))
+
+
 def runtime_for(seconds_per_mpx, base_min=2):
     """Minutes predicted from the shard's fields and field size (with a 3x margin)."""
 
     def runtime(wildcards, threads):
         work = shard_fields(wildcards) * shard_mpx(wildcards) * seconds_per_mpx
-        return int(base_min + math.ceil(3 * work / 60 / max(1, threads)))
+        return minutes_for(work, threads, base_min)
 
     return runtime
 
@@ -174,7 +180,7 @@ def localize_runtime(seconds_per_cell, seconds_per_mpx, base_min=5):
             work = shard_fields(wildcards) * shard_mpx(wildcards) * seconds_per_mpx
         else:
             work = cells * seconds_per_cell
-        return int(base_min + math.ceil(3 * passes * work / 60 / max(1, threads)))
+        return minutes_for(passes * work, threads, base_min)
 
     return runtime
 

@@ -216,14 +216,19 @@ def _resolve(preset: str, overrides: dict) -> dict:
     return params
 
 
-def _wells(n: int) -> list[str]:
-    """Inner wells of 96-well plates in reading order: B02..G11, then the edges."""
+def _well(k: int, plate: str) -> str:
+    """The ``k``-th well (from 0) used on a 96-well plate: inner wells in reading order
+    (B02..G11), then the edges."""
     inner = [f"{r}{c:02d}" for r in "BCDEFG" for c in range(2, 12)]
     outer = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13) if f"{r}{c:02d}" not in inner]
     wells = inner + outer
-    if n > len(wells):
-        raise ValueError(f"{n} wells do not fit on a 96-well plate")
-    return wells[:n]
+    if k >= len(wells):
+        raise ValueError(
+            f"plate {plate}: {k + 1} wells do not fit on a 96-well plate (one protein per "
+            "well: lower n_proteins or add plates; fields_per_well gives each protein more "
+            "fields)"
+        )
+    return wells[k]
 
 
 def field_seed(seed: int, plate: str, well: str, field: int) -> int:
@@ -251,13 +256,7 @@ def _plan(params: dict, seed: int) -> tuple[list[dict], list[ProteinSpec], dict[
         shape = [int(v) for v in (shape or params["shape"])]
         k = wells_used.get(plate, 0)
         wells_used[plate] = k + 1
-        try:
-            well = _wells(k + 1)[k]
-        except ValueError as err:
-            raise ValueError(
-                f"plate {plate}: {err} (one protein per well: lower n_proteins or add "
-                "plates; fields_per_well gives each protein more fields)"
-            ) from None
+        well = _well(k, plate)
         plates_of.setdefault(protein.name, [])
         if plate not in plates_of[protein.name]:
             plates_of[protein.name].append(plate)
